@@ -1,0 +1,47 @@
+# Two commands a new user needs: `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
+export REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: install stack-up stack-down stack-status test unit integration lint demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+stack-up:
+	scripts/stack.sh up
+
+stack-down:
+	scripts/stack.sh down
+
+stack-status:
+	scripts/stack.sh status
+
+## All tests (unit + integration against the real Kafka and Redis), plus ruff and mypy.
+test: install stack-up
+	$(PY) -m pytest
+
+unit: install
+	$(PY) -m pytest tests/unit
+
+integration: install stack-up
+	$(PY) -m pytest tests/integration
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+
+demo: install stack-up
+	$(PY) -m examples.trading_pipeline.demo
+
+bench: install stack-up
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,104 @@
+"""
+Every error alpha-streaming raises on purpose.
+
+    AlphaStreamingError
+    ├── ConfigError (ValueError)          bad settings or wiring; raised at startup, says what to change
+    ├── ClientStateError (RuntimeError)   a client used before start() or after stop()
+    ├── KafkaClientError                  the broker refused or could not be reached (wraps aiokafka errors)
+    │   └── UnknownTopicError             the topic does not exist (auto-create is off)
+    └── ProcessingError                   raised by handlers to steer error routing
+        ├── PermanentError                retrying cannot help: dead-letter at once
+        │   ├── PoisonMessageError        undecodable bytes, wrong JSON
+        │   └── EnvelopeError (ValueError) the body is not a valid EventEnvelope
+        ├── BusinessError                 breaks a business rule; a short retry budget of its own
+        └── TransientError                may succeed later: retry with backoff
+            ├── InfrastructureError       a dependency (DB, Redis, HTTP) is down
+            ├── RateLimitError            an upstream asked us to slow down
+            └── AuthenticationError       credentials refused (one attempt by default)
+
+`retriable` is a class flag, read by `middlewares.ErrorRoutingMiddleware` through the MRO;
+the retry budget of each family lives in `middlewares.RetryPolicy`.
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "AlphaStreamingError",
+    "AuthenticationError",
+    "BusinessError",
+    "ClientStateError",
+    "ConfigError",
+    "EnvelopeError",
+    "InfrastructureError",
+    "KafkaClientError",
+    "PermanentError",
+    "PoisonMessageError",
+    "ProcessingError",
+    "RateLimitError",
+    "TransientError",
+    "UnknownTopicError",
+)
+
+
+class AlphaStreamingError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigError(AlphaStreamingError, ValueError):
+    """Settings or wiring that cannot work; the message says what to change."""
+
+
+class ClientStateError(AlphaStreamingError, RuntimeError):
+    """A client was used before `start()` or after `stop()`."""
+
+
+class KafkaClientError(AlphaStreamingError):
+    """The broker refused a request or could not be reached."""
+
+
+class UnknownTopicError(KafkaClientError):
+    """The topic does not exist and the broker will not create it."""
+
+
+class ProcessingError(AlphaStreamingError):
+    """Base of the errors a handler raises to steer retries and dead-lettering."""
+
+    retriable: bool = False
+
+
+class PermanentError(ProcessingError):
+    """Retrying cannot help; the message goes to the dead-letter topic at once."""
+
+
+class PoisonMessageError(PermanentError):
+    """The bytes cannot be decoded at all."""
+
+
+class EnvelopeError(PermanentError, ValueError):
+    """The body is not a valid `EventEnvelope`."""
+
+
+class BusinessError(ProcessingError):
+    """The event breaks a business rule."""
+
+    # Business failures sometimes clear after a short wait (a reference row arriving late),
+    # so the default policy gives them a small budget of their own; see RetryPolicy.
+    retriable = True
+
+
+class TransientError(ProcessingError):
+    """May succeed if tried again later."""
+
+    retriable = True
+
+
+class InfrastructureError(TransientError):
+    """A dependency (database, Redis, HTTP service) is unavailable."""
+
+
+class RateLimitError(TransientError):
+    """An upstream asked us to slow down."""
+
+
+class AuthenticationError(TransientError):
+    """Credentials were refused; retried once in case they were being rotated."""

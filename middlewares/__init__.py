@@ -1,0 +1,3 @@
+"""The enhanced tier: one FastStream middleware per concern, composed by `enhanced_stack`."""
+
+__all__: tuple[str, ...] = ()

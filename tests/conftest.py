@@ -1,0 +1,186 @@
+"""Shared fixtures: real Kafka and Redis endpoints, unique topics and group ids.
+
+Endpoint resolution, in order:
+1. `KAFKA_BOOTSTRAP_SERVERS` / `REDIS_URL` from the environment (`make test` sets them after
+   `scripts/stack.sh up`);
+2. testcontainers (Redpanda + Redis) when a Docker engine answers;
+3. otherwise integration tests fail under `CI=true` and skip elsewhere, saying how to start
+   the local stack.
+
+Tests in `tests/integration/` get the `integration` marker automatically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+START_HINT = (
+    "start the local stack with `make stack-up` (or `scripts/stack.sh up`) and export "
+    "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 REDIS_URL=redis://127.0.0.1:6379/0, "
+    "or run everything with `make test`"
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    integration_dir = Path(__file__).parent / "integration"
+    for item in items:
+        if integration_dir in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def unavailable(what: str) -> None:
+    """Fail under CI, skip elsewhere: a missing service is never a silent pass."""
+    message = f"{what} is not reachable: {START_HINT}"
+    if IN_CI:
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def answers(host: str, port: int, timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def host_port(address: str, default_port: int) -> tuple[str, int]:
+    address = address.split("://", 1)[-1].split("@")[-1].split("/")[0].split(",")[0]
+    host, _, port = address.rpartition(":")
+    return (host, int(port)) if host else (address, default_port)
+
+
+def docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    kafka: str
+    redis: str
+
+
+@pytest.fixture(scope="session")
+def endpoints() -> Iterator[Endpoints]:
+    kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    redis_url = os.environ.get("REDIS_URL")
+    with ExitStack() as stack:
+        if (kafka is None or redis_url is None) and docker_answers():
+            from testcontainers.community.kafka import RedpandaContainer
+            from testcontainers.redis import RedisContainer
+
+            if kafka is None:
+                kafka = stack.enter_context(RedpandaContainer()).get_bootstrap_server()
+            if redis_url is None:
+                container = stack.enter_context(RedisContainer())
+                port = container.get_exposed_port(6379)
+                redis_url = f"redis://{container.get_container_host_ip()}:{port}/0"
+        if kafka is None:
+            unavailable("Kafka (KAFKA_BOOTSTRAP_SERVERS unset and no Docker engine)")
+        if redis_url is None:
+            unavailable("Redis (REDIS_URL unset and no Docker engine)")
+        assert kafka is not None and redis_url is not None
+        if not answers(*host_port(kafka, 9092)):
+            unavailable(f"Kafka at {kafka}")
+        if not answers(*host_port(redis_url, 6379)):
+            unavailable(f"Redis at {redis_url}")
+        yield Endpoints(kafka=kafka, redis=redis_url)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(endpoints: Endpoints) -> str:
+    return endpoints.kafka
+
+
+@pytest.fixture(scope="session")
+def redis_url(endpoints: Endpoints) -> str:
+    return endpoints.redis
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.ping()
+    except Exception as exc:
+        unavailable(f"Redis at {redis_url} ({exc})")
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def kafka_admin(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap, request_timeout_ms=15000)
+    try:
+        await admin.start()
+    except Exception as exc:
+        unavailable(f"Kafka at {kafka_bootstrap} ({exc})")
+    yield admin
+    await admin.close()
+
+
+NewTopicFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture(scope="session")
+async def new_topic(kafka_admin: AIOKafkaAdminClient) -> AsyncIterator[NewTopicFactory]:
+    """Create a fresh, uniquely named topic: `await new_topic(partitions=3, prefix="orders")`.
+
+    Topics made in a session are deleted at its end; their names never repeat across runs.
+    """
+    created: list[str] = []
+
+    async def create(
+        partitions: int = 1,
+        prefix: str = "t",
+        *,
+        name: str | None = None,
+        config: dict[str, str] | None = None,
+    ) -> str:
+        topic = name or f"{prefix}.{uuid.uuid4().hex[:12]}"
+        await kafka_admin.create_topics(
+            [
+                NewTopic(
+                    topic,
+                    num_partitions=partitions,
+                    replication_factor=1,
+                    topic_configs=config or {},
+                )
+            ]
+        )
+        created.append(topic)
+        # Metadata reaches the broker's cache shortly after creation; wait until it is served.
+        for _ in range(100):
+            described = await kafka_admin.describe_topics([topic])
+            if described and described[0].get("partitions") and len(described[0]["partitions"]) == partitions:
+                return topic
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"topic {topic} not visible in metadata after creation")
+
+    yield create
+    if created:
+        await kafka_admin.delete_topics(created)
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """Unique names for groups, keys and namespaces: `unique("group")` -> `group-1a2b3c4d`."""
+    return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:8]}"
