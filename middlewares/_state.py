@@ -1,0 +1,54 @@
+"""Per-message state shared by the middlewares of the enhanced stack.
+
+Each FastStream middleware is a new object per message, and the stack's middlewares are separate
+objects; they meet on the parsed `StreamMessage`, which is the same object all the way down.
+Inner middlewares record what happened (outcome, attempts, envelope); outer ones read it
+(metrics count each outcome exactly once; error routing knows the attempt number).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from faststream.message import StreamMessage
+
+from alpha_streaming.envelope import EventEnvelope
+from alpha_streaming.topics import BrokerContext
+
+__all__ = ("MessageState", "Outcome", "state_of")
+
+_ATTRIBUTE = "_alpha_state"
+
+
+class Outcome(str, Enum):
+    """How the processing of one consumed message ended (each message gets exactly one)."""
+
+    PROCESSED = "processed"
+    """The handler succeeded; the offset will be committed."""
+    DEDUPLICATED = "deduplicated"
+    """Seen before; acknowledged without running the handler or publishing anything."""
+    DEAD_LETTERED = "dead_lettered"
+    """Written to `<topic>.dlq` (acknowledged by the broker); the offset will be committed."""
+    REDELIVER = "redeliver"
+    """Could not be decided now (DLQ write failed, Redis down too long): not committed, seen again."""
+
+
+@dataclass(slots=True)
+class MessageState:
+    outcome: Outcome | None = None
+    attempts: int = 0
+    retries: int = 0
+    envelope: EventEnvelope | None = None
+    broker_context: BrokerContext | None = None
+    error: BaseException | None = None
+
+
+def state_of(msg: StreamMessage[Any]) -> MessageState:
+    """The state of this message, created on first use."""
+    state: MessageState | None = getattr(msg, _ATTRIBUTE, None)
+    if state is None:
+        state = MessageState()
+        setattr(msg, _ATTRIBUTE, state)
+    return state
