@@ -9,7 +9,7 @@ Inner middlewares record what happened (outcome, attempts, envelope); outer ones
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from faststream.message import StreamMessage
@@ -22,7 +22,7 @@ __all__ = ("MessageState", "Outcome", "state_of")
 _ATTRIBUTE = "_alpha_state"
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     """How the processing of one consumed message ended (each message gets exactly one)."""
 
     PROCESSED = "processed"
