@@ -6,6 +6,8 @@ Every error alpha-streaming raises on purpose.
     ├── ClientStateError (RuntimeError)   a client used before start() or after stop()
     ├── KafkaClientError                  the broker refused or could not be reached (wraps aiokafka errors)
     │   └── UnknownTopicError             the topic does not exist (auto-create is off)
+    ├── RedeliveryRequested               cannot decide now (Redis down, DLQ unwritable): leave the
+    │                                     offset uncommitted and see the message again; never DLQ'd
     └── ProcessingError                   raised by handlers to steer error routing
         ├── PermanentError                retrying cannot help: dead-letter at once
         │   ├── PoisonMessageError        undecodable bytes, wrong JSON
@@ -35,6 +37,7 @@ __all__ = (
     "PoisonMessageError",
     "ProcessingError",
     "RateLimitError",
+    "RedeliveryRequested",
     "TransientError",
     "UnknownTopicError",
 )
@@ -58,6 +61,14 @@ class KafkaClientError(AlphaStreamingError):
 
 class UnknownTopicError(KafkaClientError):
     """The topic does not exist and the broker will not create it."""
+
+
+class RedeliveryRequested(AlphaStreamingError):
+    """The outcome cannot be decided now; the message must stay uncommitted and come back.
+
+    Raised when a dependency the delivery guarantee rests on (Redis for dedup, the broker for
+    the DLQ write) is unavailable. Error routing seeks back instead of retrying or dead-lettering.
+    """
 
 
 class ProcessingError(AlphaStreamingError):

@@ -43,6 +43,8 @@ class MessageState:
     envelope: EventEnvelope | None = None
     broker_context: BrokerContext | None = None
     error: BaseException | None = None
+    redis_outage: str | None = None
+    """Set by dedup when Redis failed for this message: "paused" or "failed_open"."""
 
 
 def state_of(msg: StreamMessage[Any]) -> MessageState:
