@@ -69,7 +69,7 @@ def test_headers_mirror_identity_fields() -> None:
 
 def test_naive_timestamp_is_rejected() -> None:
     with pytest.raises(ValueError, match="timezone"):
-        EventEnvelope(type="a", source="s", ts=datetime(2026, 1, 1))  # noqa: DTZ001
+        EventEnvelope(type="a", source="s", ts=datetime(2026, 1, 1))
 
 
 @pytest.mark.parametrize(
