@@ -1,0 +1,1 @@
+"""Runnable examples of alpha-streaming; each one is executed by `tests/integration/test_examples.py`."""

@@ -1,0 +1,159 @@
+"""Reading the pipeline back from Kafka: offsets, record ranges and consumer-group positions.
+
+The demo's report is built only from what these functions read off the broker (plus the
+services' metrics and Redis), never from counters kept by the demo script itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from alpha_streaming.envelope import EventEnvelope
+from alpha_streaming.errors import EnvelopeError
+
+__all__ = (
+    "Offsets",
+    "WireRecord",
+    "committed_offsets",
+    "end_offsets",
+    "partitions_of",
+    "read_range",
+    "seed_group",
+)
+
+Offsets = dict[TopicPartition, int]
+
+
+@dataclass(frozen=True)
+class WireRecord:
+    """One record as it is stored on the broker."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value.decode("utf-8", "replace")
+        return None
+
+    @cached_property
+    def envelope(self) -> EventEnvelope | None:
+        """The record's envelope, or None when the bytes are not one (a poison record)."""
+        if self.value is None:
+            return None
+        try:
+            return EventEnvelope.from_bytes(self.value)
+        except EnvelopeError:
+            return None
+
+
+async def partitions_of(bootstrap: str, topics: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of `topics`; raises `LookupError` for a topic that does not exist."""
+    names = list(topics)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    counts = {d["topic"]: len(d.get("partitions") or ()) for d in described if not d.get("error_code")}
+    missing = [name for name in names if not counts.get(name)]
+    if missing:
+        raise LookupError(f"topics do not exist on the broker: {', '.join(missing)}")
+    return [TopicPartition(name, p) for name in names for p in range(counts[name])]
+
+
+async def end_offsets(bootstrap: str, topics: Iterable[str]) -> Offsets:
+    """The next offset to be written on every partition of `topics` (the log end)."""
+    partitions = await partitions_of(bootstrap, topics)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends: Mapping[TopicPartition, int] = await consumer.end_offsets(partitions)
+        return dict(ends)
+    finally:
+        await consumer.stop()
+
+
+async def read_range(
+    bootstrap: str, start: Offsets, end: Offsets, *, timeout_s: float = 30.0
+) -> list[WireRecord]:
+    """Every record from `start` (inclusive) to `end` (exclusive), per partition, in offset order."""
+    wanted = {tp: (start.get(tp, 0), stop) for tp, stop in end.items() if stop > start.get(tp, 0)}
+    if not wanted:
+        return []
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
+    await consumer.start()
+    records: list[WireRecord] = []
+    try:
+        consumer.assign(list(wanted))
+        for tp, (first, _) in wanted.items():
+            consumer.seek(tp, first)
+        remaining = set(wanted)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while remaining:
+            if asyncio.get_running_loop().time() > deadline:
+                missing = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(remaining))
+                raise TimeoutError(f"could not read up to the end offsets of {missing} in {timeout_s} s")
+            batch = await consumer.getmany(*remaining, timeout_ms=500)
+            for tp, raw_records in batch.items():
+                stop = wanted[tp][1]
+                records.extend(
+                    WireRecord(
+                        topic=r.topic,
+                        partition=r.partition,
+                        offset=r.offset,
+                        timestamp_ms=r.timestamp,
+                        key=r.key,
+                        value=r.value,
+                        headers=tuple(r.headers),
+                    )
+                    for r in raw_records
+                    if r.offset < stop
+                )
+            for tp in list(remaining):
+                if await consumer.position(tp) >= wanted[tp][1]:
+                    remaining.discard(tp)
+                    consumer.pause(tp)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def seed_group(bootstrap: str, group_id: str, offsets: Offsets) -> None:
+    """Make a new consumer group start at `offsets` (instead of the earliest or latest record).
+
+    A run-scoped group seeded at the log ends of the run's start reads this run's records only.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(dict(offsets))
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group_id: str) -> Offsets:
+    """The offsets `group_id` has committed, per partition."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        found = await admin.list_consumer_group_offsets(group_id)
+    finally:
+        await admin.close()
+    return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
