@@ -1,0 +1,9 @@
+"""The direct tier: a thin idempotent producer and a manual-commit consumer over FastStream's broker."""
+
+from __future__ import annotations
+
+from alpha_streaming.clients.consumer import RebalanceListener, RedpandaConsumer
+from alpha_streaming.clients.producer import OutgoingRecord, RedpandaProducer
+from alpha_streaming.clients.records import ConsumedRecord
+
+__all__ = ("ConsumedRecord", "OutgoingRecord", "RebalanceListener", "RedpandaConsumer", "RedpandaProducer")

@@ -1,0 +1,113 @@
+"""`ConsumedRecord`: what the direct consumer yields, a thin view over aiokafka's record."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from alpha_streaming import serialization
+
+__all__ = ("ConsumedRecord", "RawRecord", "decode_header", "decode_value")
+
+_UNSET: Any = object()
+
+
+class RawRecord(Protocol):
+    """The fields of `aiokafka.ConsumerRecord` this module reads (aiokafka ships no types)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+def decode_value(raw: bytes | None) -> dict[str, Any] | bytes | None:
+    """A JSON object becomes a dict; anything else (other JSON, binary, broken JSON) stays bytes."""
+    if raw is None:
+        return None
+    # Only a JSON *object* is decoded: b"123" or b'"x"' are more likely opaque bytes than JSON.
+    if raw[:1] != b"{" and raw.lstrip()[:1] != b"{":
+        return raw
+    try:
+        decoded = serialization.loads(raw)
+    except ValueError:
+        return raw
+    return decoded if isinstance(decoded, dict) else raw
+
+
+def decode_header(raw: bytes | None) -> str | bytes:
+    """A header value as text when it is valid UTF-8, else the bytes as they came."""
+    if raw is None:
+        return b""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
+class ConsumedRecord:
+    """One record read by `RedpandaConsumer`.
+
+    The value and headers are decoded on first access and cached, so a consumer that only
+    forwards `raw_value` pays nothing for decoding.
+    """
+
+    __slots__ = ("_headers", "_raw", "_value")
+
+    def __init__(self, raw: RawRecord) -> None:
+        self._raw = raw
+        self._value: Any = _UNSET
+        self._headers: Any = _UNSET
+
+    @property
+    def topic(self) -> str:
+        return self._raw.topic
+
+    @property
+    def partition(self) -> int:
+        return self._raw.partition
+
+    @property
+    def offset(self) -> int:
+        return self._raw.offset
+
+    @property
+    def timestamp_ms(self) -> int:
+        return self._raw.timestamp
+
+    @property
+    def key(self) -> bytes | None:
+        return self._raw.key
+
+    @property
+    def raw_value(self) -> bytes | None:
+        """The value bytes exactly as they are stored in Kafka."""
+        return self._raw.value
+
+    @property
+    def value(self) -> dict[str, Any] | bytes | None:
+        """The value decoded: a JSON object as a dict, anything else as bytes (None: tombstone)."""
+        if self._value is _UNSET:
+            self._value = decode_value(self._raw.value)
+        return self._value  # type: ignore[no-any-return]
+
+    @property
+    def headers(self) -> Mapping[str, str | bytes]:
+        """Headers by name; values are `str` when valid UTF-8, else `bytes`. A repeated name keeps
+        its last value; `raw_headers` has them all."""
+        if self._headers is _UNSET:
+            self._headers = {name: decode_header(value) for name, value in self._raw.headers}
+        return self._headers  # type: ignore[no-any-return]
+
+    @property
+    def raw_headers(self) -> tuple[tuple[str, bytes], ...]:
+        return tuple(self._raw.headers)
+
+    def __repr__(self) -> str:
+        return (
+            f"ConsumedRecord(topic={self.topic!r}, partition={self.partition}, "
+            f"offset={self.offset}, key={self.key!r})"
+        )
