@@ -1,0 +1,168 @@
+"""The enhanced tier's OpenTelemetry instruments, created once per `MeterProvider`.
+
+Several `MetricsMiddleware` objects (one per broker or router, several services in one process)
+may share a provider; creating the instruments again for each would register duplicates, so
+they live here, keyed by provider, and every middleware on that provider reuses them.
+
+Names (Prometheus shows dots as underscores and adds `_total` / `_seconds`):
+- `alpha.messages` (counter): consumed messages by `outcome`; each message is counted once.
+- `alpha.messages.failed` (counter): processing attempts that raised, by `error.type` (class name).
+- `alpha.messages.retried` (counter): retries after a failed attempt.
+- `alpha.dedup.redis_outage` (counter): messages that met a Redis outage, by `mode` (paused / failed_open).
+- `alpha.message.duration` (histogram, s): consume-to-outcome time, retries and DLQ write included.
+- `alpha.messages.in_flight` (up-down counter): messages being processed now.
+- `alpha.consumer.lag` (gauge): records between the last processed offset and the partition's end.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from weakref import WeakKeyDictionary
+
+from aiokafka.structs import TopicPartition
+from opentelemetry.metrics import (
+    CallbackOptions,
+    Counter,
+    Histogram,
+    MeterProvider,
+    Observation,
+    UpDownCounter,
+)
+
+from alpha_streaming.topics import broker_from_topic
+
+__all__ = ("Instruments", "LagTracker", "instruments_for")
+
+METER_NAME = "alpha_streaming.middlewares"
+# Bucket bounds in seconds: sub-millisecond handlers up to retried ones that back off for seconds.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class _Highwater(Protocol):
+    def highwater(self, partition: Any) -> int | None: ...
+
+
+@dataclass(slots=True)
+class _Position:
+    consumer: _Highwater
+    partition: Any  # aiokafka TopicPartition
+    next_offset: int
+    attributes: dict[str, str | int]
+
+
+@dataclass(slots=True)
+class LagTracker:
+    """Next offset to process per (service, group, topic, partition); lag is read at collection.
+
+    Keys are bounded by the assigned partitions. The gauge is observed from whatever thread
+    collects (the Prometheus server thread), so it reads a snapshot and only calls the
+    consumer's `highwater()`, a plain lookup of the last fetch response.
+    """
+
+    _positions: dict[tuple[str, str, str, int], _Position] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def advance(
+        self, consumer: _Highwater, service: str, topic: str, partition: int, next_offset: int
+    ) -> None:
+        group = str(getattr(consumer, "_group_id", None) or "")
+        key = (service, group, topic, partition)
+        position = self._positions.get(key)
+        if position is not None and position.consumer is consumer:
+            if next_offset > position.next_offset:
+                position.next_offset = next_offset
+            return
+        attributes: dict[str, str | int] = {
+            "service": service,
+            "topic": topic,
+            "partition": partition,
+            "consumer_group": group,
+            "broker": broker_from_topic(topic),
+        }
+        with self._lock:
+            self._positions[key] = _Position(
+                consumer, TopicPartition(topic, partition), next_offset, attributes
+            )
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            positions = list(self._positions.items())
+        for key, position in positions:
+            try:
+                assigned = position.consumer.assignment()  # type: ignore[attr-defined]
+                highwater = position.consumer.highwater(position.partition)
+            except Exception:  # a stopped consumer: forget the partition
+                highwater, assigned = None, ()
+            if position.partition not in assigned:
+                # Revoked or the consumer stopped: another member reports it now.
+                with self._lock:
+                    if self._positions.get(key) is position:
+                        del self._positions[key]
+                continue
+            if highwater is not None:
+                yield Observation(max(highwater - position.next_offset, 0), position.attributes)
+
+
+@dataclass(frozen=True, slots=True)
+class Instruments:
+    messages: Counter
+    failures: Counter
+    retries: Counter
+    redis_outages: Counter
+    duration: Histogram
+    in_flight: UpDownCounter
+    lag: LagTracker
+
+
+_BY_PROVIDER: WeakKeyDictionary[MeterProvider, Instruments] = WeakKeyDictionary()
+_CREATE_LOCK = threading.Lock()
+
+
+def instruments_for(provider: MeterProvider) -> Instruments:
+    """The instruments of `provider`, created on first use."""
+    with _CREATE_LOCK:
+        found = _BY_PROVIDER.get(provider)
+        if found is None:
+            found = _create(provider)
+            _BY_PROVIDER[provider] = found
+        return found
+
+
+def _create(provider: MeterProvider) -> Instruments:
+    meter = provider.get_meter(METER_NAME)
+    lag = LagTracker()
+    meter.create_observable_gauge(
+        "alpha.consumer.lag",
+        callbacks=[lag.observe],
+        unit="{message}",
+        description="Records between the last processed offset and the partition's end offset.",
+    )
+    return Instruments(
+        messages=meter.create_counter(
+            "alpha.messages", unit="{message}", description="Consumed messages by final outcome."
+        ),
+        failures=meter.create_counter(
+            "alpha.messages.failed", unit="{attempt}", description="Processing attempts that raised."
+        ),
+        retries=meter.create_counter(
+            "alpha.messages.retried", unit="{attempt}", description="Retries after a failed attempt."
+        ),
+        redis_outages=meter.create_counter(
+            "alpha.dedup.redis_outage",
+            unit="{message}",
+            description="Messages that met a Redis outage in deduplication, by handling mode.",
+        ),
+        duration=meter.create_histogram(
+            "alpha.message.duration",
+            unit="s",
+            description="Time from the start of processing to the outcome, retries included.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        ),
+        in_flight=meter.create_up_down_counter(
+            "alpha.messages.in_flight", unit="{message}", description="Messages being processed."
+        ),
+        lag=lag,
+    )
