@@ -41,6 +41,8 @@ class MessageState:
     attempts: int = 0
     retries: int = 0
     envelope: EventEnvelope | None = None
+    batch_envelopes: tuple[EventEnvelope, ...] = ()
+    """Batch subscribers: the envelopes of the records the handler receives, in order."""
     broker_context: BrokerContext | None = None
     error: BaseException | None = None
     redis_outage: str | None = None

@@ -1,0 +1,368 @@
+"""`DeduplicationMiddleware`: effectively-once handler execution on top of at-least-once Kafka.
+
+One Redis key per event and consumer group, `alpha:dedup:{namespace}:{group}:{event id}`:
+- claim: a Lua script that answers "done" if the key holds the done marker, else takes a lease
+  (the key set to an owner token, with `lease_ttl_s`) if nobody holds it; one round trip, for
+  one event or a whole batch;
+- while the handler runs, a background task renews the lease, so a slow handler is not run a
+  second time by another consumer;
+- success: the lease becomes the done marker (`done_ttl_s`) if we still own it (Lua);
+- failure (any exception, dead-lettering included): the lease is released if we own it (Lua),
+  so a retry or a later replay from the DLQ runs the handler again.
+A duplicate whose done marker exists is acknowledged without running the handler and without
+publishing anything (`AckMessage`, outcome DEDUPLICATED). A duplicate that finds the lease held
+(the original is in flight elsewhere) waits, polling with backoff up to the lease TTL, until it
+is done (duplicate) or released/expired (claim and run); if it is still held after that, the
+message is redelivered later (`RedeliveryRequested`) rather than run twice.
+
+The event id comes from the validated envelope (`EnvelopeMiddleware` runs outside this one)
+or, without it, from the `x-event-id` header; never FastStream's `message_id`. A message with
+neither passes through undeduplicated. Batch subscribers are deduplicated only behind
+`EnvelopeMiddleware` (it provides the per-record ids and payload list); the handler receives
+only the events not seen before, and an event repeated inside one batch runs once.
+
+Redis outage: `on_redis_outage="pause"` (default) retries each Redis call with backoff for up
+to `outage_pause_s` (well below the consumer's `max_poll_interval_ms`, so it stays in its group)
+and then raises `RedeliveryRequested`: error routing seeks back and the record comes again, so
+the consumer pauses until Redis is back and nothing runs without dedup. If Redis fails after
+the handler succeeded, the done marker is retried for the same window and then given up (the
+handler ran; redelivering would run it again). `"fail_open"` runs the handler without dedup.
+Either way `state.redis_outage` records it for the metrics.
+
+The honest window (DESIGN.md): a process that dies after the handler's side effect but before
+the done marker is written runs that handler again once its lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from faststream import BaseMiddleware
+from faststream.exceptions import AckMessage
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from alpha_streaming.envelope import EnvelopeHeaders
+from alpha_streaming.errors import ConfigError, RedeliveryRequested
+from alpha_streaming.settings import DedupSettings
+from middlewares._lru import LruTtlSet
+from middlewares._state import MessageState, Outcome, state_of
+from middlewares.envelope import ENVELOPES_KEY, group_id_of
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from faststream._internal.basic_types import AsyncFuncAny
+    from faststream._internal.context.repository import ContextRepo
+    from faststream.message import StreamMessage
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+__all__ = ("DeduplicationMiddleware",)
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "alpha:dedup"
+DONE = "done"
+# Claim answers, per key.
+_HELD, _CLAIMED, _DONE = 0, 1, 2
+# Half of aiokafka's default max_poll_interval_ms (300 s): a paused consumer keeps its group.
+MAX_OUTAGE_PAUSE_S = 150.0
+_OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# KEYS: event keys. ARGV: owner token, lease ms. A key we already own counts as claimed: a
+# retry of the same message whose release could not reach Redis claims again.
+_CLAIM = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.call('GET', key)
+  if not value then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    out[i] = 1
+  elseif value == 'done' then
+    out[i] = 2
+  elseif value == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+# KEYS: event keys. ARGV: owner token, done ms. An expired lease nobody took is marked too.
+_MARK_DONE = """
+for _, key in ipairs(KEYS) do
+  local value = redis.call('GET', key)
+  if (not value) or value == ARGV[1] then
+    redis.call('SET', key, 'done', 'PX', ARGV[2])
+  end
+end
+return 1
+"""
+_RELEASE = """
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+end
+return 1
+"""
+_RENEW = """
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]) end
+end
+return 1
+"""
+
+
+class DeduplicationMiddleware:
+    """Runs each event's handler once per consumer group, using Redis leases and done markers."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        namespace: str,
+        lease_ttl_s: float = 30.0,
+        done_ttl_s: float = 7 * 24 * 3600.0,
+        local_cache_size: int = 10_000,
+        on_redis_outage: Literal["pause", "fail_open"] = "pause",
+        outage_pause_s: float = 30.0,
+    ) -> None:
+        if not namespace or ":" in namespace:
+            raise ConfigError(f"dedup namespace must be a non-empty name without ':', got {namespace!r}")
+        if lease_ttl_s <= 0 or done_ttl_s <= lease_ttl_s:
+            raise ConfigError(
+                f"dedup needs 0 < lease_ttl_s < done_ttl_s, got lease_ttl_s={lease_ttl_s}, "
+                f"done_ttl_s={done_ttl_s}"
+            )
+        if on_redis_outage not in ("pause", "fail_open"):
+            raise ConfigError(f"on_redis_outage must be 'pause' or 'fail_open', got {on_redis_outage!r}")
+        if not 0 < outage_pause_s <= MAX_OUTAGE_PAUSE_S:
+            raise ConfigError(
+                f"outage_pause_s={outage_pause_s} must be in (0, {MAX_OUTAGE_PAUSE_S}] so a paused "
+                "consumer stays below max_poll_interval and keeps its partitions"
+            )
+        self.redis = redis
+        self.namespace = namespace
+        self.lease_ms = int(lease_ttl_s * 1000)
+        self.done_ms = int(done_ttl_s * 1000)
+        self.on_redis_outage = on_redis_outage
+        self.outage_pause_s = outage_pause_s
+        # Bounded by the lease TTL, so a waiting duplicate never outlasts the original's lease.
+        self.wait_s = lease_ttl_s
+        self.renew_every_s = lease_ttl_s / 3
+        self.cache = LruTtlSet(local_cache_size, done_ttl_s)
+        self.claim = redis.register_script(_CLAIM)
+        self.mark_done = redis.register_script(_MARK_DONE)
+        self.release = redis.register_script(_RELEASE)
+        self.renew = redis.register_script(_RENEW)
+        self._prefixes: dict[str | None, str] = {}
+
+    @classmethod
+    def from_settings(
+        cls, redis: Redis, *, namespace: str, settings: DedupSettings
+    ) -> DeduplicationMiddleware:
+        return cls(
+            redis,
+            namespace=namespace,
+            lease_ttl_s=settings.lease_ttl_s,
+            done_ttl_s=settings.done_ttl_s,
+            local_cache_size=settings.local_cache_size,
+            on_redis_outage=settings.on_redis_outage,
+        )
+
+    def key_prefix(self, group_id: str | None) -> str:
+        prefix = self._prefixes.get(group_id)
+        if prefix is None:
+            prefix = self._prefixes[group_id] = f"{KEY_PREFIX}:{self.namespace}:{group_id or '-'}:"
+        return prefix
+
+    def __call__(self, msg: Any, /, *, context: ContextRepo) -> BaseMiddleware[Any, Any]:
+        return _DedupRuntime(msg, context=context, config=self)
+
+    def __repr__(self) -> str:
+        return (
+            f"DeduplicationMiddleware(namespace={self.namespace!r}, lease_ttl_s={self.lease_ms / 1000}, "
+            f"on_redis_outage={self.on_redis_outage!r})"
+        )
+
+
+class _FailOpen(Exception):
+    """Redis is down and the policy is fail-open: run the handler without dedup."""
+
+
+class _DedupRuntime(BaseMiddleware[Any, Any]):
+    __slots__ = ("_config", "_deduplicated", "_owner")
+
+    def __init__(self, msg: Any, /, *, context: ContextRepo, config: DeduplicationMiddleware) -> None:
+        super().__init__(msg, context=context)
+        self._config = config
+        self._owner = uuid.uuid4().hex
+        self._deduplicated = False
+
+    async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
+        state = state_of(msg)
+        batch = isinstance(msg.raw_message, tuple | list)
+        ids = _batch_ids(state) if batch else _single_id(msg, state)
+        if not ids:
+            return await call_next(msg)
+        prefix = self._config.key_prefix(group_id_of(self.context))
+        keys = [prefix + event_id for event_id in ids]
+        try:
+            fresh = await self._claim(keys, state)
+        except _FailOpen:
+            state.redis_outage = "failed_open"
+            return await call_next(msg)
+        if not fresh:
+            self._deduplicated = True
+            state.outcome = Outcome.DEDUPLICATED
+            raise AckMessage()
+        claimed = [keys[i] for i in fresh]
+        if batch and len(fresh) < len(ids):
+            _narrow_batch(msg, state, fresh)
+            with self.context.scope(ENVELOPES_KEY, state.batch_envelopes):
+                return await self._run(call_next, msg, claimed, state)
+        return await self._run(call_next, msg, claimed, state)
+
+    async def after_processed(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_val: BaseException | None = None,
+        exc_tb: TracebackType | None = None,
+    ) -> bool | None:
+        # Our own AckMessage did its job (error routing saw it in consume_scope and committed);
+        # it must not be logged as an error or escape TestKafkaBroker.publish().
+        return self._deduplicated and exc_type is AckMessage
+
+    async def _claim(self, keys: list[str], state: MessageState) -> list[int]:
+        """Indexes of the keys we now own; waits for keys another consumer is processing."""
+        config = self._config
+        cache = config.cache
+        # An event repeated inside one batch runs once: only its first occurrence is claimed.
+        seen: set[str] = set()
+        pending = []
+        for i, key in enumerate(keys):
+            if key not in seen and key not in cache:
+                pending.append(i)
+            seen.add(key)
+        fresh: list[int] = []
+        deadline = time.monotonic() + config.wait_s
+        delay = 0.02
+        while pending:
+            todo = [keys[i] for i in pending]
+            answers = await self._redis(config.claim, todo, [self._owner, config.lease_ms], state)
+            held = []
+            for i, answer in zip(pending, answers, strict=True):
+                if answer == _CLAIMED:
+                    fresh.append(i)
+                elif answer == _DONE:
+                    cache.add(keys[i])
+                else:
+                    held.append(i)
+            pending = held
+            if pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    # Still in flight elsewhere: never run it twice; decide on a later delivery.
+                    await self._release_quietly([keys[i] for i in fresh])
+                    raise RedeliveryRequested(
+                        f"{len(pending)} event(s) still being processed by another consumer after "
+                        f"{config.wait_s:.1f} s (e.g. {keys[pending[0]]})"
+                    )
+                await asyncio.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.5)
+        return sorted(fresh)
+
+    async def _run(
+        self, call_next: AsyncFuncAny, msg: StreamMessage[Any], keys: list[str], state: MessageState
+    ) -> Any:
+        config = self._config
+        renewer = asyncio.create_task(self._renew_forever(keys))
+        try:
+            result = await call_next(msg)
+        except BaseException:
+            renewer.cancel()
+            await self._release_quietly(keys)
+            raise
+        renewer.cancel()
+        try:
+            await self._redis(config.mark_done, keys, [self._owner, config.done_ms], state)
+        except (RedeliveryRequested, _FailOpen) as exc:
+            # The handler ran: redelivering would run it again, so accept the small risk that a
+            # later copy of this event is not recognised.
+            log.error(
+                "dedup: done marker not written for %d event(s) (%s); processing continues", len(keys), exc
+            )
+        else:
+            for key in keys:
+                config.cache.add(key)
+        return result
+
+    async def _renew_forever(self, keys: list[str]) -> None:
+        config = self._config
+        while True:
+            await asyncio.sleep(config.renew_every_s)
+            try:
+                await config.renew(keys, [self._owner, config.lease_ms])
+            except _OUTAGE_ERRORS as exc:
+                log.warning("dedup: lease renewal failed (%s); retrying", exc)
+
+    async def _release_quietly(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        try:
+            await self._config.release(list(keys), [self._owner])
+        except _OUTAGE_ERRORS as exc:
+            # The lease expires on its own; a retry of this message re-claims it as its owner.
+            log.warning("dedup: could not release %d lease(s) (%s)", len(keys), exc)
+
+    async def _redis(self, script: AsyncScript, keys: list[str], args: list[Any], state: MessageState) -> Any:
+        """Run one Lua script under the outage policy."""
+        config = self._config
+        deadline: float | None = None
+        delay = 0.05
+        while True:
+            try:
+                return await script(keys, args)
+            except _OUTAGE_ERRORS as exc:
+                if config.on_redis_outage == "fail_open":
+                    raise _FailOpen(str(exc)) from exc
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + config.outage_pause_s
+                    state.redis_outage = "paused"
+                    log.warning(
+                        "dedup: Redis unavailable (%s); pausing up to %.0f s", exc, config.outage_pause_s
+                    )
+                if now >= deadline:
+                    raise RedeliveryRequested(
+                        f"Redis unavailable for {config.outage_pause_s:.0f} s; redelivering the message"
+                    ) from exc
+                await asyncio.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 1.0)
+
+
+def _single_id(msg: StreamMessage[Any], state: MessageState) -> list[str]:
+    if state.envelope is not None:
+        return [state.envelope.id]
+    event_id = msg.headers.get(EnvelopeHeaders.ID)
+    return [event_id] if event_id else []
+
+
+def _batch_ids(state: MessageState) -> list[str]:
+    return [envelope.id for envelope in state.batch_envelopes]
+
+
+def _narrow_batch(msg: StreamMessage[Any], state: MessageState, keep: list[int]) -> None:
+    """Hand the handler only the events not seen before (the envelope decoder reads `msg.body`)."""
+    bodies: list[Any] = msg.body  # type: ignore[assignment]  # a batch body is a list
+    msg.body = [bodies[i] for i in keep]
+    if len(msg.batch_headers) == len(bodies):
+        msg.batch_headers = [msg.batch_headers[i] for i in keep]
+    state.batch_envelopes = tuple(state.batch_envelopes[i] for i in keep)
+    msg.clear_cache()
