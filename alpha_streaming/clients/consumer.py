@@ -152,10 +152,11 @@ class RedpandaConsumer:
             return
         build = self._broker.config.broker_config.builder
         consumer = build(group_id=self._group_id, enable_auto_commit=False, **self._options)
-        consumer.subscribe(topics=list(self._topics), listener=self._listener)
         with kafka_errors("start consumer"):
             await consumer.start()
         try:
+            # Checked before subscribing: aiokafka would otherwise wait `request_timeout_ms`
+            # for a missing topic and then fail without naming it.
             with kafka_errors("list topics"):
                 known = await consumer.topics()
             missing = [topic for topic in self._topics if topic not in known]
@@ -164,6 +165,7 @@ class RedpandaConsumer:
                     f"cannot consume {missing}: no such topic; create it first "
                     "(topic auto-creation is off on this cluster), or check the name for typos"
                 )
+            consumer.subscribe(topics=list(self._topics), listener=self._listener)
         except BaseException:
             await consumer.stop()
             raise
