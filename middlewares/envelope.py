@@ -172,8 +172,8 @@ class _EnvelopeRuntime(BaseMiddleware[Any, Any]):
         if not bodies:
             bodies = (None,)
         headers = cmd.headers
-        if len(bodies) == 1 and isinstance(bodies[0], bytes | bytearray) and EnvelopeHeaders.ID in headers:
-            # Bytes that already carry an event id are an envelope forwarded as it is.
+        if EnvelopeHeaders.ID in headers and all(isinstance(body, bytes | bytearray) for body in bodies):
+            # Bytes sent with an event id are envelopes forwarded as they are (a relay, a replay).
             return await call_next(cmd)
         trace_id = _trace_id(headers)
         parent = lineage.current_event() or self._consumed
