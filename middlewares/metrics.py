@@ -41,6 +41,14 @@ __all__ = ("MetricSample", "MetricsMiddleware")
 
 UNROUTED = "unrouted"
 """Outcome label for a message that raised without an `Outcome` (no error routing below us)."""
+RAW_OUTCOME_ATTRIBUTE = "_alpha_outcome"
+"""Where error routing leaves the `Outcome` of a record FastStream could not parse into a message."""
+
+
+def _records(raw: Any) -> tuple[Any, ...] | list[Any]:
+    if raw is None:
+        return ()
+    return raw if isinstance(raw, list | tuple) else (raw,)
 
 
 class MetricSample(NamedTuple):
@@ -137,7 +145,7 @@ class MetricsMiddleware:
 
 
 class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
-    __slots__ = ("_factory", "_telemetry")
+    __slots__ = ("_consumed", "_factory", "_telemetry")
 
     def __init__(
         self,
@@ -151,6 +159,7 @@ class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
         super().__init__(msg, context=context)
         self._factory = factory
         self._telemetry = telemetry
+        self._consumed = False
 
     async def on_receive(self) -> None:
         await self._telemetry.on_receive()
@@ -166,12 +175,16 @@ class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
         exc_val: BaseException | None = None,
         exc_tb: TracebackType | None = None,
     ) -> bool | None:
+        if not self._consumed and self.msg is not None:
+            # FastStream failed to parse the record (e.g. a header value that is not UTF-8), so
+            # no consume_scope ran; count it from the outcome error routing left on the record.
+            self._record_unparsed(exc_val)
         # Ends the consumer span, after any handler-result publish (a child of it) is done.
         return await self._telemetry.after_processed(exc_type, exc_val, exc_tb)
 
     async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
-        raw = msg.raw_message
-        records = raw if isinstance(raw, list | tuple) else (raw,)
+        self._consumed = True
+        records = _records(msg.raw_message)
         if not records:
             return await self._telemetry.consume_scope(call_next, msg)
         factory = self._factory
@@ -227,6 +240,19 @@ class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
             self._record_trouble(state, outcome, topic, count)
         if outcome is not Outcome.REDELIVER:
             self._advance_lag(msg, records)
+
+    def _record_unparsed(self, error: BaseException | None) -> None:
+        records = _records(self.msg)
+        if not records:
+            return
+        outcome: Outcome | None = getattr(records[0], RAW_OUTCOME_ATTRIBUTE, None)
+        label = outcome.value if outcome is not None else UNROUTED
+        factory = self._factory
+        for record in records:
+            factory.instruments.messages.add(1, factory.attributes(record.topic, label, "outcome"))
+            if outcome is Outcome.DEAD_LETTERED and error is not None:
+                failed = factory.attributes(record.topic, type(error).__name__, "error.type")
+                factory.instruments.failures.add(1, failed)
 
     def _record_trouble(self, state: MessageState, outcome: Outcome | None, topic: str, count: int) -> None:
         factory = self._factory

@@ -13,6 +13,7 @@ import urllib.request
 from typing import Any
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 from faststream import AckPolicy, BaseMiddleware
 from faststream.exceptions import AckMessage
 from faststream.kafka import KafkaBroker, TestKafkaBroker
@@ -26,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from alpha_streaming.errors import ConfigError
 from middlewares._state import Outcome, state_of
-from middlewares.metrics import UNROUTED, MetricsMiddleware
+from middlewares.metrics import RAW_OUTCOME_ATTRIBUTE, UNROUTED, MetricsMiddleware
 
 SERVICE = "risk-manager"
 TOPIC = "paper.orders.filled"
@@ -159,6 +160,47 @@ async def test_attributes_are_bounded(metrics: MetricsMiddleware, reader: InMemo
         assert (attrs["service"], attrs["topic"], attrs["broker"]) == (SERVICE, TOPIC, "paper")
     failed = points(reader, "alpha.messages.failed")
     assert [attrs["error.type"] for attrs, _ in failed] == ["Boom"]  # the class, never the message
+
+
+class _DeadLetterUnparsed(BaseMiddleware):
+    """Stands in for error routing's handling of a record FastStream could not parse."""
+
+    async def after_processed(self, exc_type: Any = None, exc_val: Any = None, exc_tb: Any = None) -> bool:
+        if isinstance(exc_val, UnicodeDecodeError):
+            setattr(self.msg, RAW_OUTCOME_ATTRIBUTE, Outcome.DEAD_LETTERED)
+            return True
+        return False
+
+
+async def test_a_record_that_cannot_be_parsed_is_counted_once(
+    metrics: MetricsMiddleware, reader: InMemoryMetricReader
+) -> None:
+    broker = KafkaBroker(middlewares=(metrics, _DeadLetterUnparsed))
+    subscriber = broker.subscriber(TOPIC, group_id="g", ack_policy=AckPolicy.MANUAL)
+    handled: list[Any] = []
+
+    @subscriber
+    async def handle(body: Any) -> None:
+        handled.append(body)
+
+    record = ConsumerRecord(
+        topic=TOPIC,
+        partition=0,
+        offset=0,
+        timestamp=0,
+        timestamp_type=0,
+        key=None,
+        value=b"{}",
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=2,
+        headers=[("x-binary", b"\xff\xfe")],  # not UTF-8: FastStream's parser raises
+    )
+    async with TestKafkaBroker(broker):
+        await subscriber.process_message(record)
+
+    assert handled == []
+    assert values(reader, "alpha.messages", "outcome") == {"dead_lettered": 1}
 
 
 async def test_in_flight_counts_the_message_being_handled(
