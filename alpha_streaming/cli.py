@@ -293,7 +293,9 @@ async def _inspect(
 
 @dlq_app.command("inspect", epilog=EXIT_CODES)
 def dlq_inspect(
-    topic: Annotated[str, typer.Argument(help="The DLQ topic, e.g. paper.orders.filled.dlq.")],
+    topic: Annotated[
+        str, typer.Argument(metavar="DLQ_TOPIC", help="The DLQ topic, e.g. paper.orders.filled.dlq.")
+    ],
     limit: Annotated[int | None, typer.Option(min=1, help="Show at most N records.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line, for scripts.")] = False,
     progress_every: ProgressOption = 1000,
@@ -321,7 +323,9 @@ def format_replay(entry: DlqEntry, action: ReplayAction, detail: str) -> str:
 
 @dlq_app.command("replay", epilog=EXIT_CODES)
 def dlq_replay(
-    topic: Annotated[str, typer.Argument(help="The DLQ topic, e.g. paper.orders.filled.dlq.")],
+    topic: Annotated[
+        str, typer.Argument(metavar="DLQ_TOPIC", help="The DLQ topic, e.g. paper.orders.filled.dlq.")
+    ],
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be replayed; commit nothing.")
     ] = False,
@@ -336,18 +340,17 @@ def dlq_replay(
     group: Annotated[
         str | None,
         typer.Option(
-            help=f"Consumer group that remembers what was replayed [default: {DEFAULT_REPLAY_GROUP}]."
+            help=f"Consumer group that remembers what was replayed (default: {DEFAULT_REPLAY_GROUP})."
         ),
     ] = None,
     progress_every: ProgressOption = 1000,
     bootstrap_servers: BootstrapOption = None,
 ) -> None:
-    """Republish DLQ records to their original topic (original key, bytes and headers, plus
-    x-dlq-replay-count) and commit the DLQ offsets only after the replays are acknowledged.
+    """Republish DLQ records to their original topics; commit only after the broker acknowledged them.
 
-    With filters, each DLQ partition's committed position stops at its first record that is
-    not replayed, so skipped records are never lost to later runs (the matching records after
-    it are replayed again by the next run; dedup suppresses the repeat).
+    Sends the original key, bytes and headers plus x-dlq-replay-count, to the original partition.
+
+    A partition's committed position stops at its first record not replayed (filtered out, or failed).
     """
     if not is_dlq_topic(topic):
         raise fail_usage(
