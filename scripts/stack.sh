@@ -128,6 +128,14 @@ redis_up() {
   say "redis ready on 127.0.0.1:$REDIS_PORT"
 }
 
+ensure_kcat() {  # kcat (librdkafka) is the independent reader in the direct-tier tests
+  command -v kcat >/dev/null && return
+  say "installing kcat from Debian's packages (once)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q kcat >/dev/null 2>&1 \
+    || { as_root apt-get update -q >/dev/null && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q kcat >/dev/null; } \
+    || die "apt-get could not install kcat"
+}
+
 stop_pid() {  # stop_pid PIDFILE NAME
   local pidfile="$1" name="$2"
   if ! pid_alive "$pidfile"; then rm -f "$pidfile"; say "$name: not started by this script"; return; fi
@@ -148,7 +156,7 @@ status() {
 }
 
 case "${1:-}" in
-  up) kafka_up; redis_up ;;
+  up) kafka_up; redis_up; ensure_kcat ;;
   down) stop_pid "$KAFKA_STATE/pid" kafka; stop_pid "$REDIS_STATE/pid" redis ;;
   status) status ;;
   fetch) fetch_kafka ;;

@@ -31,7 +31,9 @@ def read_all(kafka_bootstrap: str) -> ReadAll:
         try:
             records: list[ConsumerRecord] = []
             async with asyncio.timeout(30):
-                while not consumer.assignment():
+                for _ in range(600):
+                    if consumer.assignment():
+                        break
                     await asyncio.sleep(0.05)
                 partitions = sorted(consumer.assignment())
                 ends = await consumer.end_offsets(partitions)

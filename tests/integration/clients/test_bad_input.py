@@ -44,7 +44,7 @@ async def test_undecodable_records_arrive_as_bytes(
     unique: Callable[[str], str],
 ) -> None:
     topic = await new_topic(partitions=1, prefix="direct.bad")
-    raw = [b'{"broken": ', b"\xff\xfe\x00", b"[1, 2]", b"", b"  {\"ok\": 1}"]
+    raw = [b'{"broken": ', b"\xff\xfe\x00", b"[1, 2]", b"", b'  {"ok": 1}']
     plain = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await plain.start()
     try:

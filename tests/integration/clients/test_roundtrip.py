@@ -36,7 +36,9 @@ async def test_envelope_mapping_and_bytes_round_trip_with_keys_and_headers(
     async with RedpandaProducer(settings) as producer:
         await producer.send(topic=topic, key="AAPL", value=envelope, headers={"traceparent": "00-abc-def-01"})
         await producer.send(topic=topic, key=b"k2", value={"px": Decimal("1.10"), "n": [1, 2]})
-        await producer.send(topic=topic, key=None, value=b"\x00raw\xff", headers={"bin": b"\xfe\x01", "t": "é"})
+        await producer.send(
+            topic=topic, key=None, value=b"\x00raw\xff", headers={"bin": b"\xfe\x01", "t": "é"}
+        )
 
     async with RedpandaConsumer(settings, topics=[topic], group_id=unique("rt")) as consumer:
         env_rec, map_rec, raw_rec = await consume(consumer, 3)
@@ -68,9 +70,7 @@ async def test_per_key_order_holds_across_six_partitions(
     per_key = 40
     async with RedpandaProducer(settings) as producer:
         # Half through the pipelined batch send, half one by one: both must keep key order.
-        await producer.send_many(
-            topic, [(key, {"seq": seq}) for seq in range(per_key // 2) for key in keys]
-        )
+        await producer.send_many(topic, [(key, {"seq": seq}) for seq in range(per_key // 2) for key in keys])
         for seq in range(per_key // 2, per_key):
             for key in keys:
                 await producer.send(topic=topic, key=key, value={"seq": seq})
