@@ -41,6 +41,7 @@ from alpha_streaming import RedpandaProducer, RedpandaSettings, ServiceOrchestra
 from alpha_streaming._admin import broker_admin, connected_broker, ensure_topics
 from alpha_streaming._dlq_tools import parse_filters, replay_dlq
 from alpha_streaming.cli import bootstrap_specs
+from alpha_streaming.errors import InfrastructureError
 from alpha_streaming.ids import uuid7
 from alpha_streaming.settings import DedupSettings
 from alpha_streaming.topics import TopicMap, dlq_topic
@@ -51,7 +52,7 @@ from examples.trading_pipeline.risk import UnknownInstrumentError
 from examples.trading_pipeline.services import InstrumentMaster, Pipeline, build_pipeline
 from examples.trading_pipeline.strategies import StrategyBook
 from examples.trading_pipeline.topology import NAMESPACES, PARTITIONS, consumers, dlq_topics, pipeline_topics
-from middlewares import RetryPolicy
+from middlewares.retry import Budget, RetryPolicy
 
 __all__ = ("main", "run_demo")
 
@@ -65,8 +66,13 @@ def say(message: str) -> None:
 
 
 def demo_policy() -> RetryPolicy:
-    """Fast backoff so the demo's transient failure is retried within milliseconds."""
-    return RetryPolicy.fast_for_tests()  # placeholder, replaced below once RetryPolicy lands
+    """The default policy, with a venue-outage budget short enough for a 20-second demo.
+
+    The zerodha venue times out twice; 4 attempts with 50-200 ms waits get the order through.
+    """
+    return RetryPolicy().with_rule(
+        InfrastructureError, Budget(max_attempts=4, base_delay_s=0.05, max_delay_s=0.2)
+    )
 
 
 async def _until(check: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str) -> None:
