@@ -69,9 +69,7 @@ positions: dict[tuple[str, str], Decimal] = {}
     ack_policy=AckPolicy.MANUAL,
 )
 @broker.publisher(POSITIONS, schema=EventEnvelope, title=f"{POSITIONS}:{SERVICE}")
-async def on_fill(
-    fill: OrderFilled, envelope: CurrentEnvelope, where: CurrentBrokerContext
-) -> KafkaResponse:
+async def on_fill(fill: OrderFilled, envelope: CurrentEnvelope, where: CurrentBrokerContext) -> KafkaResponse:
     """Apply a fill to the strategy's position; the return value is published as a child event."""
     signed = fill.quantity if fill.side is Side.BUY else -fill.quantity
     key = (fill.strategy, fill.token)
