@@ -18,13 +18,14 @@ from faststream import BaseMiddleware
 from faststream.exceptions import AckMessage
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from opentelemetry import trace
+from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, NumberDataPoint
 from opentelemetry.trace import Status, StatusCode
 
 from alpha_streaming.errors import ConfigError
 from alpha_streaming.topics import broker_from_topic
 from middlewares import _prometheus
-from middlewares._instruments import Instruments, instruments_for
+from middlewares._instruments import Instruments, Series, Tally, instruments_for
 from middlewares._state import MessageState, Outcome, state_of
 
 if TYPE_CHECKING:
@@ -87,14 +88,16 @@ class MetricsMiddleware:
             meter_provider = self._private.provider
         self.meter_provider: MeterProvider = meter_provider
         self._instruments = instruments_for(meter_provider)
-        # Spans only: its message counters would count a second time what `alpha.messages` counts.
+        # Spans only: its duration histograms and counters repeat what `alpha.*` measures, at a
+        # cost per message, so they record into a no-op meter.
         self._telemetry = KafkaTelemetryMiddleware(
             tracer_provider=tracer_provider,
-            meter_provider=meter_provider,
+            meter_provider=NoOpMeterProvider(),
             include_messages_counters=False,
         )
         # Attribute dicts per (topic, label): bounded by subscribed topics x outcomes/error classes.
-        self._attributes: dict[tuple[str, str], dict[str, str]] = {}
+        self._attributes: dict[tuple[str, str, str], dict[str, str]] = {}
+        self._series: dict[tuple[str, str, str], Series] = {}
 
     @property
     def prometheus_port(self) -> int | None:
@@ -133,10 +136,16 @@ class MetricsMiddleware:
             _prometheus.release(private)
 
     def attributes(self, topic: str, label: str, key: str) -> dict[str, str]:
-        found = self._attributes.get((topic, label))
+        found = self._attributes.get((key, topic, label))
         if found is None:
             found = {"service": self.service, "topic": topic, "broker": broker_from_topic(topic), key: label}
-            self._attributes[(topic, label)] = found
+            self._attributes[(key, topic, label)] = found
+        return found
+
+    def series(self, tally: Tally, topic: str, label: str, key: str) -> Series:
+        found = self._series.get((key, topic, label))
+        if found is None:
+            found = self._series[(key, topic, label)] = tally.series(self.attributes(topic, label, key))
         return found
 
     @property
@@ -190,8 +199,8 @@ class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
         factory = self._factory
         instruments = factory.instruments
         topic = records[0].topic
-        in_flight = factory.attributes(topic, "in_flight", "state")
-        instruments.in_flight.add(len(records), in_flight)
+        in_flight = factory.series(instruments.in_flight, topic, "in_flight", "state")
+        in_flight.value += len(records)
         escaped: list[BaseException] = []
 
         async def inner(message: StreamMessage[Any]) -> Any:
@@ -213,7 +222,7 @@ class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
         try:
             result = await self._telemetry.consume_scope(inner, msg)
         finally:
-            instruments.in_flight.add(-len(records), in_flight)
+            in_flight.value -= len(records)
             self._record(msg, records, time.perf_counter() - started, escaped)
         if escaped:
             raise escaped[0]
@@ -234,9 +243,8 @@ class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
             for record in records:
                 counts[record.topic] = counts.get(record.topic, 0) + 1
         for topic, count in counts.items():
-            attributes = factory.attributes(topic, label, "outcome")
-            instruments.messages.add(count, attributes)
-            instruments.duration.record(duration, attributes)
+            factory.series(instruments.messages, topic, label, "outcome").value += count
+            instruments.duration.record(duration, factory.attributes(topic, label, "outcome"))
             self._record_trouble(state, outcome, topic, count)
         if outcome is not Outcome.REDELIVER:
             self._advance_lag(msg, records)
@@ -249,24 +257,24 @@ class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
         label = outcome.value if outcome is not None else UNROUTED
         factory = self._factory
         for record in records:
-            factory.instruments.messages.add(1, factory.attributes(record.topic, label, "outcome"))
+            factory.series(factory.instruments.messages, record.topic, label, "outcome").value += 1
             if outcome is Outcome.DEAD_LETTERED and error is not None:
-                failed = factory.attributes(record.topic, type(error).__name__, "error.type")
-                factory.instruments.failures.add(1, failed)
+                failures = factory.instruments.failures
+                factory.series(failures, record.topic, type(error).__name__, "error.type").value += 1
 
     def _record_trouble(self, state: MessageState, outcome: Outcome | None, topic: str, count: int) -> None:
         factory = self._factory
         instruments = factory.instruments
         if state.retries:
-            instruments.retries.add(state.retries * count, factory.attributes(topic, "retry", "kind"))
+            factory.series(instruments.retries, topic, "retry", "kind").value += state.retries * count
         # Failed attempts: every retry followed one; a dead-lettered message also failed its last.
         failed = state.retries + (1 if outcome is Outcome.DEAD_LETTERED else 0)
         if failed and state.error is not None:
-            error = factory.attributes(topic, type(state.error).__name__, "error.type")
-            instruments.failures.add(failed * count, error)
+            error = type(state.error).__name__
+            factory.series(instruments.failures, topic, error, "error.type").value += failed * count
         if state.redis_outage is not None:
-            mode = factory.attributes(topic, state.redis_outage, "mode")
-            instruments.redis_outages.add(count, mode)
+            mode = state.redis_outage
+            factory.series(instruments.redis_outages, topic, mode, "mode").value += count
 
     def _advance_lag(self, msg: StreamMessage[Any], records: Any) -> None:
         consumer = getattr(msg, "consumer", None)

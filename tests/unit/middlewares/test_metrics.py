@@ -339,7 +339,7 @@ def test_two_middlewares_on_one_port_share_the_endpoint() -> None:
     try:
         assert second.meter_provider is first.meter_provider
         first.shutdown()  # the second still uses the server
-        second.instruments.messages.add(1, {"service": "b"})
+        second.instruments.messages.series({"service": "b"}).value += 1
         assert 'service="b"' in scrape(second.prometheus_port)
     finally:
         second.shutdown()
@@ -354,3 +354,16 @@ def test_config_is_checked_up_front() -> None:
         MetricsMiddleware(service="")
     with pytest.raises(ConfigError, match="own MetricReader"):
         MetricsMiddleware(service=SERVICE, meter_provider=MeterProvider()).read()
+
+
+async def test_middlewares_sharing_a_provider_add_up(reader: InMemoryMetricReader) -> None:
+    provider = MeterProvider(metric_readers=[reader])
+    first = MetricsMiddleware(service=SERVICE, meter_provider=provider)
+    second = MetricsMiddleware(service=SERVICE, meter_provider=provider)
+    assert first.instruments is second.instruments  # created once per provider
+    for metrics in (first, second):
+        broker, _ = make_broker(metrics)
+        async with TestKafkaBroker(broker) as br:
+            await br.publish({"n": 1}, TOPIC)
+
+    assert values(reader, "alpha.messages", "outcome") == {"processed": 2}
