@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,36 @@ from examples.trading_pipeline.models import OrderFilled, Side, Signal
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DEADLINE_S = 30.0
+
+# The commands the README shows, each run by a test below (with test-specific options).
+DIRECT_CLIENT = ("python", "-m", "examples.direct_client")
+DECORATOR_RUN = ("faststream", "run", "examples.decorator_app:app")
+DECORATOR_DOCS = ("faststream", "docs", "gen", "examples.decorator_app:app")
+BUILDER_BOOTSTRAP = (
+    "alpha-streaming",
+    "topics",
+    "bootstrap",
+    "--service",
+    "examples.builder_service:service",
+)
+BUILDER_RUN = ("python", "-m", "examples.builder_service")
+DEMO = ("python", "-m", "examples.trading_pipeline.demo")
+MAKE_DEMO = ("make", "demo")  # = install + stack-up + DEMO (see the Makefile)
+TESTED_COMMANDS = (
+    DIRECT_CLIENT,
+    DECORATOR_RUN,
+    DECORATOR_DOCS,
+    BUILDER_BOOTSTRAP,
+    BUILDER_RUN,
+    DEMO,
+    MAKE_DEMO,
+)
+
+
+def argv(command: tuple[str, ...], *options: str) -> list[str]:
+    """The command with this venv's interpreter and scripts."""
+    head = sys.executable if command[0] == "python" else str(BIN / command[0])
+    return [head, *command[1:], *options]
 
 
 def env_for(kafka: str, redis_url: str, **extra: str) -> dict[str, str]:
@@ -176,9 +206,7 @@ async def test_decorator_app_under_faststream_run(
     fills, positions = topics.orders_filled, topics.topic("positions", "updated")
     group_prefix = f"{namespace}."
     process = await asyncio.create_subprocess_exec(
-        str(BIN / "faststream"),
-        "run",
-        "examples.decorator_app:app",
+        *argv(DECORATOR_RUN),
         cwd=ROOT,
         env=env_for(
             kafka_bootstrap, redis_url, EXAMPLE_BROKER=namespace, ALPHA_REDPANDA_GROUP_ID_PREFIX=group_prefix
@@ -229,7 +257,7 @@ def test_asyncapi_docs_include_the_envelope(
 ) -> None:
     out = tmp_path / "asyncapi.json"
     result = subprocess.run(
-        [str(BIN / "faststream"), "docs", "gen", app, "--out", str(out)],
+        [*argv(DECORATOR_DOCS[:-1]), app, "--out", str(out)],
         cwd=ROOT,
         env=env_for(kafka_bootstrap, redis_url),
         capture_output=True,
@@ -309,13 +337,38 @@ async def test_builder_service_legacy_lifecycle(
     assert child.data == small.data and validated[0].key == small.key.encode()  # type: ignore[union-attr]
 
 
+async def test_builder_service_command_stops_cleanly_on_sigterm(
+    kafka_bootstrap: str, redis_url: str, namespace: str, new_topic: Callable[..., Awaitable[str]]
+) -> None:
+    topics = TopicMap(namespace)
+    for name in (topics.signals_raw, topics.signals_validated):
+        await new_topic(name=name, partitions=1)
+    process = await asyncio.create_subprocess_exec(
+        *argv(BUILDER_RUN),
+        cwd=ROOT,
+        env=env_for(
+            kafka_bootstrap, redis_url, EXAMPLE_BROKER=namespace, ALPHA_REDPANDA_GROUP_ID_PREFIX=namespace
+        ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=DEADLINE_S)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        rest, _ = await asyncio.wait_for(process.communicate(), timeout=DEADLINE_S)
+    assert line.decode().startswith(f"legacy-risk-gate consuming {topics.signals_raw}"), line + rest
+    assert process.returncode == 0, (line + rest).decode()
+
+
 # --- the demo -----------------------------------------------------------------------------
 
 
 async def test_demo_reports_a_clean_run(kafka_bootstrap: str, redis_url: str) -> None:
     result = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "examples.trading_pipeline.demo", "--duration", "4", "--rate", "20"],
+        argv(DEMO, "--duration", "4", "--rate", "20"),
         cwd=ROOT,
         env=env_for(kafka_bootstrap, redis_url),
         capture_output=True,
@@ -340,3 +393,41 @@ async def test_demo_reports_a_clean_run(kafka_bootstrap: str, redis_url: str) ->
     trace = out.split("One trace:")[1].split("\n\n")[0]
     services = re.findall(r"\d\. +\+ *[\d.]+ ms  (\S+)", trace)
     assert services == ["market-feed", "strategy-runner", "risk-manager", "zerodha-engine"], trace
+
+
+# --- README: examples are executable truth ------------------------------------------------
+
+README = ROOT / "README.md"
+
+
+def readme_blocks(language: str) -> list[tuple[str, str]]:
+    """(preceding line, body) of every fenced block in `language`."""
+    lines = README.read_text().splitlines()
+    blocks, inside, body, before = [], False, [], ""
+    for index, line in enumerate(lines):
+        if not inside and line.strip() == f"```{language}":
+            inside, body, before = True, [], lines[index - 1] if index else ""
+        elif inside and line.strip() == "```":
+            blocks.append((before, "\n".join(body)))
+            inside = False
+        elif inside:
+            body.append(line)
+    return blocks
+
+
+def test_readme_python_snippets_are_excerpts_of_tested_examples() -> None:
+    blocks = readme_blocks("python")
+    assert blocks, "the README shows no Python"
+    for before, body in blocks:
+        found = re.fullmatch(r"<!-- excerpt: (examples/[\w/]+\.py) -->", before.strip())
+        assert found, f"python block without an `<!-- excerpt: examples/... -->` marker:\n{body}"
+        source = (ROOT / found[1]).read_text()
+        assert body in source, f"README excerpt is not verbatim in {found[1]}:\n{body}"
+
+
+def test_readme_commands_are_the_tested_ones() -> None:
+    shown = [line.split("#")[0].split() for _, body in readme_blocks("bash") for line in body.splitlines()]
+    mine = [words for words in shown if any("examples" in w or w == "demo" for w in words)]
+    assert len(mine) >= 6
+    for words in mine:
+        assert any(tuple(words[: len(c)]) == c for c in TESTED_COMMANDS), f"untested README command: {words}"
