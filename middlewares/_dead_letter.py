@@ -1,0 +1,276 @@
+"""Writing failed records to `<topic>.dlq`: the original bytes untouched, plus error headers.
+
+Why a producer of its own instead of the broker's: the broker's producer is idempotent, and
+aiokafka numbers each partition's batches in sequence when it sends them. A batch the broker
+refuses for good (e.g. `MessageSizeTooLarge`) leaves a gap in that numbering, after which every
+later send to that partition fails with `OutOfOrderSequenceNumber` (checked against Kafka 4.1).
+A refused DLQ write must not wedge the application's producer, and the DLQ producer itself is
+replaced after any failed write, so the next attempt starts with a clean sequence.
+
+DLQ topics are created when missing (broker auto-creation is off) with the source topic's
+partition count, and with a `max.message.bytes` `HEADROOM_BYTES` above the source topic's, so a
+record that was just under the source's limit still fits with its error headers. Should a DLQ
+topic that already exists be tighter, the stack trace and then the error message are clipped;
+the original key, value and headers are never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka import errors as ak
+from aiokafka.admin import NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+from alpha_streaming.dlq import DeadLetter, DlqHeaders, KafkaHeaderList
+from alpha_streaming.errors import KafkaClientError
+from alpha_streaming.topics import dlq_topic
+
+if TYPE_CHECKING:
+    from aiokafka import ConsumerRecord
+    from aiokafka.admin import AIOKafkaAdminClient
+    from faststream.kafka import KafkaBroker
+
+__all__ = ("DeadLetterSink", "DeadLetterWriter", "DlqWriteError")
+
+log = logging.getLogger(__name__)
+
+HEADROOM_BYTES = 256 * 1024
+"""How much larger a created DLQ topic's `max.message.bytes` is than its source topic's."""
+# Kafka's broker default `message.max.bytes` (1 MiB + 12), used when a config cannot be read.
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+MAX_MESSAGE_BYTES = "max.message.bytes"
+METADATA_WAIT_S = 15.0
+
+
+class DlqWriteError(KafkaClientError):
+    """A dead-letter record was not acknowledged by the broker."""
+
+
+class DeadLetterSink(Protocol):
+    """Where error routing puts records it gives up on (a fake in unit tests)."""
+
+    async def write(
+        self,
+        broker: KafkaBroker,
+        records: Sequence[ConsumerRecord[Any, Any]],
+        error: BaseException,
+        *,
+        attempts: int,
+        group_id: str | None,
+    ) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _DlqTopic:
+    partitions: int
+    max_message_bytes: int
+
+
+class DeadLetterWriter:
+    """Writes DLQ records and waits for the broker's acknowledgement of every one of them."""
+
+    def __init__(self, *, service: str, send_timeout_s: float = 30.0) -> None:
+        self.service = service
+        self.send_timeout_s = send_timeout_s
+        self._topics: dict[str, _DlqTopic] = {}
+        self._producers: dict[int, AIOKafkaProducer] = {}
+        self._lock = asyncio.Lock()
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    async def write(
+        self,
+        broker: KafkaBroker,
+        records: Sequence[ConsumerRecord[Any, Any]],
+        error: BaseException,
+        *,
+        attempts: int,
+        group_id: str | None,
+    ) -> None:
+        """Dead-letter every record; returns only once the broker acknowledged all of them."""
+        stacktrace = "".join(traceback.format_exception(error))
+        failed_at = datetime.now(UTC)
+        fqcn = f"{type(error).__module__}.{type(error).__qualname__}"
+        try:
+            producer = await self._producer(broker)
+            pending = []
+            for record in records:
+                target = dlq_topic(record.topic)
+                topic = await self._ensure_topic(broker, record.topic, target)
+                letter = DeadLetter(
+                    original_topic=record.topic,
+                    original_partition=record.partition,
+                    original_offset=record.offset,
+                    original_timestamp_ms=record.timestamp,
+                    consumer_group=group_id,
+                    exception_fqcn=fqcn,
+                    exception_message=str(error),
+                    stacktrace=stacktrace,
+                    attempts=attempts,
+                    service=self.service,
+                    failed_at=failed_at,
+                )
+                headers = _fit(record, [*_original_headers(record), *letter.headers()], topic)
+                # Same partition number as the source when the DLQ has it, so a redrive keeps
+                # per-key order; otherwise the key decides.
+                partition = record.partition if record.partition < topic.partitions else None
+                pending.append(
+                    await producer.send(
+                        target, value=record.value, key=record.key, partition=partition, headers=headers
+                    )
+                )
+            await asyncio.wait_for(asyncio.gather(*pending), self.send_timeout_s)
+        except (ak.KafkaError, OSError, TimeoutError, KafkaClientError) as exc:
+            await self._discard(broker)
+            for record in records:
+                self._topics.pop(dlq_topic(record.topic), None)  # re-read its config next time
+            raise DlqWriteError(f"dead-letter write failed: {type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Stop the DLQ producers (every write was already acknowledged, so nothing is pending)."""
+        producers = list(self._producers.values())
+        self._producers.clear()
+        for producer in producers:
+            await producer.stop()
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
+
+    async def _producer(self, broker: KafkaBroker) -> AIOKafkaProducer:
+        producer = self._producers.get(id(broker))
+        if producer is not None:
+            return producer
+        async with self._lock:
+            producer = self._producers.get(id(broker))
+            if producer is None:
+                # The broker's own connection settings (servers, client id, security), so the
+                # DLQ producer reaches the same cluster the same way; idempotent, acks=all, and
+                # allowed requests as large as any DLQ record the broker could accept.
+                options = dict(broker._connection_kwargs)  # no public accessor in FastStream 0.7
+                options.update(
+                    enable_idempotence=True,
+                    acks="all",
+                    max_request_size=max(
+                        int(options.get("max_request_size") or 0),
+                        16 * DEFAULT_MAX_MESSAGE_BYTES,
+                    ),
+                )
+                producer = AIOKafkaProducer(**options)
+                await producer.start()
+                self._producers[id(broker)] = producer
+            return producer
+
+    async def _discard(self, broker: KafkaBroker) -> None:
+        producer = self._producers.pop(id(broker), None)
+        if producer is None:
+            return
+        # Stopping flushes; a batch the broker keeps refusing could hold that for long, so it
+        # runs aside and the next write gets a fresh producer (new id, clean sequence numbers).
+        task = asyncio.create_task(_stop_quietly(producer))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    async def _ensure_topic(self, broker: KafkaBroker, source: str, target: str) -> _DlqTopic:
+        known = self._topics.get(target)
+        if known is not None:
+            return known
+        admin: AIOKafkaAdminClient = broker.config.admin_client
+        async with self._lock:
+            known = self._topics.get(target)
+            if known is None:
+                known = self._topics[target] = await _describe_or_create(admin, source, target)
+        return known
+
+
+async def _describe_or_create(admin: AIOKafkaAdminClient, source: str, target: str) -> _DlqTopic:
+    partitions = await _partitions(admin, target)
+    if partitions is None:
+        source_partitions = await _partitions(admin, source) or 1
+        limit = await _max_message_bytes(admin, source) + HEADROOM_BYTES
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    target,
+                    num_partitions=source_partitions,
+                    replication_factor=-1,  # the cluster's default
+                    topic_configs={MAX_MESSAGE_BYTES: str(limit)},
+                )
+            ]
+        )
+        for item in response.to_object()["topic_errors"]:
+            code = item["error_code"]
+            if code not in (0, ak.TopicAlreadyExistsError.errno):
+                raise KafkaClientError(
+                    f"cannot create dead-letter topic {target!r}: "
+                    f"{item.get('error_message') or ak.for_code(code).__name__}"
+                )
+        log.info("created dead-letter topic %s (%d partitions)", target, source_partitions)
+        partitions = await _wait_visible(admin, target)
+    return _DlqTopic(partitions, await _max_message_bytes(admin, target))
+
+
+async def _partitions(admin: AIOKafkaAdminClient, topic: str) -> int | None:
+    described = await admin.describe_topics([topic])
+    for item in described:
+        if item.get("topic") == topic and item.get("error_code") == 0 and item.get("partitions"):
+            return len(item["partitions"])
+    return None
+
+
+async def _wait_visible(admin: AIOKafkaAdminClient, topic: str) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + METADATA_WAIT_S
+    while (partitions := await _partitions(admin, topic)) is None:
+        if loop.time() > deadline:
+            raise KafkaClientError(f"dead-letter topic {topic!r} not in the metadata after creation")
+        await asyncio.sleep(0.05)
+    return partitions
+
+
+async def _max_message_bytes(admin: AIOKafkaAdminClient, topic: str) -> int:
+    resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs={MAX_MESSAGE_BYTES: None})
+    responses = await admin.describe_configs([resource])
+    for response in responses:
+        for item in response.to_object()["resources"]:
+            for entry in item["config_entries"]:
+                if entry["config_names"] == MAX_MESSAGE_BYTES and entry["config_value"]:
+                    return int(entry["config_value"])
+    return DEFAULT_MAX_MESSAGE_BYTES
+
+
+def _original_headers(record: ConsumerRecord[Any, Any]) -> KafkaHeaderList:
+    return [(key, bytes(value) if value is not None else b"") for key, value in record.headers or ()]
+
+
+def _fit(record: ConsumerRecord[Any, Any], headers: KafkaHeaderList, topic: _DlqTopic) -> KafkaHeaderList:
+    """Clip the stack trace, then the error message, until the record fits the DLQ topic."""
+    # Batch header and framing come on top of the record itself.
+    budget = topic.max_message_bytes - 128
+    for name in (DlqHeaders.EXCEPTION_STACKTRACE, DlqHeaders.EXCEPTION_MESSAGE):
+        excess = DefaultRecordBatchBuilder.estimate_size_in_bytes(record.key, record.value, headers) - budget
+        if excess <= 0:
+            break
+        headers = [
+            (key, value[: max(0, len(value) - excess)] if key == name else value) for key, value in headers
+        ]
+    return headers
+
+
+def _shorten(value: bytes, by: int) -> bytes:
+    return value[: max(0, len(value) - by)]
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), 10.0)
+    except Exception as exc:  # the producer is being thrown away; nothing depends on it
+        log.debug("discarded DLQ producer did not stop cleanly: %r", exc)

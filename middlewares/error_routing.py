@@ -1,0 +1,255 @@
+"""`ErrorRoutingMiddleware`: retries, dead-lettering and the offset commit of every message.
+
+It owns delivery for enhanced subscribers (which run with `AckPolicy.MANUAL`):
+- success, duplicate (dedup's `AckMessage`), or a handler's own `AckMessage` -> PROCESSED or
+  DEDUPLICATED, offset committed;
+- an error -> classified by the `RetryPolicy`; retried in-process after a backoff, by calling
+  the inner chain again (the envelope middleware re-reads the original bytes, dedup re-claims);
+  when the budget is spent -> written to `<topic>.dlq`, and only once the broker acknowledged
+  that write -> DEAD_LETTERED, offset committed;
+- `RedeliveryRequested` (Redis down too long), a handler's `NackMessage`, or a DLQ write that
+  failed -> REDELIVER: nothing committed; after `policy.redelivery_delay_s` the consumer seeks
+  back to the record, so it comes again (no hot loop, never dropped).
+
+Commits carry explicit offsets (`{TopicPartition: offset + 1}`; a batch commits the highest
+offset + 1 per partition). They happen in `after_processed`, i.e. after FastStream published
+the handler's return value, so an output that failed to publish is not committed past. Every
+outcome is committed before the consumer moves on: one broker round trip per message, simple
+and obviously correct (coalescing is not implemented; see the report in the bench notes).
+
+Batch subscribers: the batch is retried as a unit; when its budget is spent every record of it
+is dead-lettered with its own original bytes (the handler gave no per-record verdict, and the
+records are committed together, so none may be committed without a DLQ copy).
+
+A dead-lettered or redelivered message ends with `AckMessage`, so a handler's `@publisher` does
+not publish an empty body; this middleware suppresses it again in `after_processed`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from faststream import BaseMiddleware
+from faststream.exceptions import AckMessage, NackMessage, RejectMessage
+from faststream.message import SourceType
+from faststream.middlewares import AckPolicy
+
+from alpha_streaming.errors import ConfigError, RedeliveryRequested
+from middlewares._committer import commit_records, is_fake, seek_back
+from middlewares._dead_letter import DeadLetterSink, DeadLetterWriter
+from middlewares._state import MessageState, Outcome, state_of
+from middlewares.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from aiokafka import ConsumerRecord
+    from faststream._internal.basic_types import AsyncFuncAny
+    from faststream._internal.context.repository import ContextRepo
+    from faststream.message import StreamMessage
+
+__all__ = ("ErrorRoutingMiddleware", "wrong_ack_policy")
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_POLICY = RetryPolicy()
+
+
+def wrong_ack_policy(subscriber: Any) -> str | None:
+    """Why `subscriber` cannot run under error routing, or None if its ack policy is right."""
+    policy = getattr(subscriber, "ack_policy", None)
+    if policy is AckPolicy.MANUAL:
+        return None
+    name = getattr(subscriber, "call_name", None) or repr(subscriber)
+    return (
+        f"subscriber {name} runs with ack_policy={policy!r}, but the enhanced stack needs "
+        "AckPolicy.MANUAL (ErrorRoutingMiddleware commits after processing; any other policy "
+        "commits before the outcome is known or after a failure, and loses events). Build the broker "
+        "with `middlewares.stack.enhanced_broker(...)` or `KafkaBroker(ack_policy=AckPolicy.MANUAL)`, "
+        "or pass `ack_policy=AckPolicy.MANUAL` (the enum, not a string) to the subscriber; a "
+        "KafkaRouter subscriber must be declared after `include_router` or carry the policy itself."
+    )
+
+
+class ErrorRoutingMiddleware:
+    """Retries failed messages by policy, dead-letters the hopeless ones, commits every outcome."""
+
+    __slots__ = ("_checked", "dead_letter", "policy", "service")
+
+    def __init__(
+        self,
+        *,
+        policy: RetryPolicy = _DEFAULT_POLICY,
+        service: str,
+        dead_letter: DeadLetterSink | None = None,
+    ) -> None:
+        if not service:
+            raise ConfigError(
+                "ErrorRoutingMiddleware(service=...) needs the service name, got an empty string"
+            )
+        self.policy = policy
+        self.service = service
+        self.dead_letter: DeadLetterSink = dead_letter or DeadLetterWriter(service=service)
+        # Subscribers whose ack policy was found right; checked once each, then a set lookup.
+        self._checked: set[int] = set()
+
+    def __call__(self, msg: Any, /, *, context: ContextRepo) -> BaseMiddleware[Any, Any]:
+        return _ErrorRouting(msg, context=context, config=self)
+
+    async def close(self) -> None:
+        """Release the dead-letter producer; call on shutdown."""
+        await self.dead_letter.close()
+
+    def check_subscriber(self, subscriber: Any, msg: StreamMessage[Any]) -> None:
+        if subscriber is None or id(subscriber) in self._checked:
+            return
+        problem = wrong_ack_policy(subscriber)
+        if problem is None:
+            self._checked.add(id(subscriber))
+            return
+        # Stop taking messages under a policy that commits on its own: with ACK_FIRST every
+        # further message would be committed unprocessed. Resumes only after a restart.
+        consumer: Any = getattr(msg, "consumer", None)
+        if not is_fake(consumer) and hasattr(consumer, "assignment"):
+            consumer.pause(*consumer.assignment())
+        log.critical("%s; its consumer is paused", problem)
+        raise ConfigError(problem)
+
+    def __repr__(self) -> str:
+        return f"ErrorRoutingMiddleware(service={self.service!r}, policy={self.policy!r})"
+
+
+class _ErrorRouting(BaseMiddleware[Any, Any]):
+    __slots__ = ("_commit", "_config", "_consumer", "_records", "_suppress")
+
+    def __init__(self, msg: Any, /, *, context: ContextRepo, config: ErrorRoutingMiddleware) -> None:
+        super().__init__(msg, context=context)
+        self._config = config
+        self._records: tuple[ConsumerRecord[Any, Any], ...] = ()
+        self._consumer: Any = None
+        self._commit = False
+        self._suppress = False
+
+    async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
+        if msg.source_type is SourceType.RESPONSE:
+            return await call_next(msg)
+        config = self._config
+        subscriber = self.context.get_local("handler_")
+        config.check_subscriber(subscriber, msg)
+        raw = msg.raw_message
+        self._records = tuple(raw) if isinstance(raw, list | tuple) else (raw,)
+        self._consumer = getattr(msg, "consumer", None)
+        state = state_of(msg)
+        policy = config.policy
+        attempt = 0
+        while True:
+            attempt += 1
+            state.attempts = attempt
+            try:
+                result = await call_next(msg)
+            except (AckMessage, RejectMessage):
+                # Dedup found a duplicate, or the handler acknowledged explicitly.
+                if state.outcome is None:
+                    state.outcome = Outcome.PROCESSED
+                self._commit = self._suppress = True
+                raise
+            except (RedeliveryRequested, NackMessage) as exc:
+                state.error = exc
+                await self._redeliver(state, exc)
+                raise AckMessage() from exc
+            except Exception as exc:
+                state.error = exc
+                budget = policy.budget_for(exc)
+                if attempt < budget.max_attempts:
+                    state.retries += 1
+                    delay = policy.delay_s(budget, attempt)
+                    log.warning(
+                        "%s on %s (attempt %d of %d); retrying in %.3f s: %s",
+                        type(exc).__name__,
+                        self._where(),
+                        attempt,
+                        budget.max_attempts,
+                        delay,
+                        exc,
+                    )
+                    await policy.sleep(delay)
+                    continue
+                await self._dead_letter(state, exc, attempt)
+                raise AckMessage() from exc
+            if state.outcome is None:
+                state.outcome = Outcome.PROCESSED
+            self._commit = True
+            return result
+
+    async def after_processed(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_val: BaseException | None = None,
+        exc_tb: TracebackType | None = None,
+    ) -> bool | None:
+        if not self._records:
+            return None
+        ours = exc_type is not None and self._suppress and issubclass(exc_type, AckMessage | RejectMessage)
+        if self._commit and (exc_type is None or ours):
+            try:
+                await commit_records(self._consumer, self._records)
+            except Exception as exc:
+                # Typically a rebalance took the partition away: its new owner gets the message
+                # again, and dedup recognises it as done.
+                log.warning("commit failed for %s (%s: %s)", self._where(), type(exc).__name__, exc)
+        elif self._commit:
+            # The handler succeeded but publishing its result failed: do not commit past it.
+            log.error("publishing the result for %s failed; the message will be redelivered", self._where())
+            seek_back(self._consumer, self._records)
+        return ours or None
+
+    async def _dead_letter(self, state: MessageState, exc: BaseException, attempts: int) -> None:
+        config = self._config
+        subscriber = self.context.get_local("handler_")
+        try:
+            await config.dead_letter.write(
+                self.context.get_local("broker"),
+                self._records,
+                exc,
+                attempts=attempts,
+                group_id=getattr(subscriber, "group_id", None) or None,
+            )
+        except Exception as dlq_exc:
+            log.error(
+                "dead-letter write for %s failed (%s: %s); not committing, the message will come again",
+                self._where(),
+                type(dlq_exc).__name__,
+                dlq_exc,
+            )
+            await self._redeliver(state, dlq_exc)
+            return
+        log.error(
+            "%s on %s after %d attempt(s): dead-lettered (%d record(s))",
+            type(exc).__name__,
+            self._where(),
+            attempts,
+            len(self._records),
+        )
+        state.outcome = Outcome.DEAD_LETTERED
+        self._commit = self._suppress = True
+
+    async def _redeliver(self, state: MessageState, exc: BaseException) -> None:
+        state.outcome = Outcome.REDELIVER
+        self._suppress = True
+        policy = self._config.policy
+        log.warning(
+            "%s for %s: redelivering in %.1f s (%s)",
+            type(exc).__name__,
+            self._where(),
+            policy.redelivery_delay_s,
+            exc,
+        )
+        # The wait keeps a message that cannot be decided from spinning the consumer.
+        await policy.sleep(policy.redelivery_delay_s)
+        seek_back(self._consumer, self._records)
+
+    def _where(self) -> str:
+        first = self._records[0]
+        where = f"{first.topic}[{first.partition}]@{first.offset}"
+        return where if len(self._records) == 1 else f"{where} (+{len(self._records) - 1} in batch)"
