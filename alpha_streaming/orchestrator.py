@@ -126,6 +126,18 @@ class _Unit:
                 await sub.start()
 
 
+def _verify_enhanced(app: Application) -> None:
+    """A plain app that uses error routing must run it under MANUAL acks, or it loses events."""
+    from middlewares.error_routing import ErrorRoutingMiddleware
+    from middlewares.stack import verify_enhanced_broker
+
+    for broker in app.brokers:
+        if isinstance(broker, KafkaBroker) and any(
+            isinstance(m, ErrorRoutingMiddleware) for m in broker.middlewares
+        ):
+            verify_enhanced_broker(broker)
+
+
 def _task_outcome(task: asyncio.Task[Any]) -> str:
     if task.cancelled():
         return "cancelled"
@@ -185,6 +197,7 @@ class ServiceOrchestrator:
                 activity=unit.activity,
             )
         elif isinstance(unit, Application):
+            _verify_enhanced(unit)
             entry = _Unit(name or f"app-{len(self._units) + 1}", unit, start=unit.start, stop=unit.stop)
         else:
             raise ConfigError(
