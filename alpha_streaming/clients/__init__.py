@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from alpha_streaming.clients.consumer import RebalanceListener, RedpandaConsumer
 from alpha_streaming.clients.producer import OutgoingRecord, RedpandaProducer
-from alpha_streaming.clients.records import ConsumedRecord
+from alpha_streaming.clients.records import ConsumedRecord, RecordBatch
 
-__all__ = ("ConsumedRecord", "OutgoingRecord", "RebalanceListener", "RedpandaConsumer", "RedpandaProducer")
+__all__ = (
+    "ConsumedRecord",
+    "OutgoingRecord",
+    "RebalanceListener",
+    "RecordBatch",
+    "RedpandaConsumer",
+    "RedpandaProducer",
+)

@@ -22,7 +22,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from alpha_streaming.broker import make_broker
 from alpha_streaming.clients._errors import kafka_errors
-from alpha_streaming.clients.records import ConsumedRecord
+from alpha_streaming.clients.records import ConsumedRecord, RawRecord, RecordBatch
 from alpha_streaming.errors import ClientStateError, ConfigError, UnknownTopicError
 from alpha_streaming.settings import RedpandaSettings
 
@@ -116,10 +116,13 @@ class RedpandaConsumer:
             self._options["max_poll_records"] = max_poll_records
         self._consumer: AIOKafkaConsumer | None = None
         self._stopped = False
-        self._buffer: deque[ConsumedRecord] = deque()
-        self._holding: ConsumedRecord | None = None  # yielded by __anext__, not yet moved past
-        self._batch_ends: dict[TopicPartition, int] = {}  # next offsets of the last getmany batch
-        self._processed: dict[TopicPartition, int] = {}  # processed, not yet committed
+        # Raw aiokafka records; each is wrapped only when handed out, so the hot path allocates
+        # one short-lived view per record. Offsets are keyed by plain (topic, partition) tuples,
+        # which equal and hash like `TopicPartition` but cost less to make per record.
+        self._buffer: deque[RawRecord] = deque()
+        self._holding: RawRecord | None = None  # yielded by __anext__, not yet moved past
+        self._batch_ends: dict[tuple[str, int], int] = {}  # next offsets of the last getmany batch
+        self._processed: dict[tuple[str, int], int] = {}  # processed, not yet committed
 
     @classmethod
     def from_broker(
@@ -218,9 +221,10 @@ class RedpandaConsumer:
         """The next record; the previous one now counts as processed. Ends when stopped."""
         held = self._holding
         if held is not None:
-            self._processed[TopicPartition(held.topic, held.partition)] = held.offset + 1
+            self._processed[(held.topic, held.partition)] = held.offset + 1
             self._holding = None
-        self._mark_batch_processed()
+        if self._batch_ends:
+            self._mark_batch_processed()
         buffer = self._buffer
         while not buffer:
             if self._consumer is None and self._stopped:
@@ -232,14 +236,12 @@ class RedpandaConsumer:
                     raise StopAsyncIteration from None
                 raise
             for records in fetched.values():
-                buffer.extend(map(ConsumedRecord, records))
-        record = buffer.popleft()
-        self._holding = record
-        return record
+                buffer.extend(records)
+        raw = buffer.popleft()
+        self._holding = raw
+        return ConsumedRecord(raw)
 
-    async def getmany(
-        self, *, timeout_ms: int | None = None, max_records: int | None = None
-    ) -> list[ConsumedRecord]:
+    async def getmany(self, *, timeout_ms: int | None = None, max_records: int | None = None) -> RecordBatch:
         """One batch (possibly empty after `timeout_ms`); the previous batch now counts as processed.
 
         Records of one partition come in offset order. Don't mix with `async for` on the same
@@ -247,23 +249,24 @@ class RedpandaConsumer:
         """
         held = self._holding
         if held is not None:
-            self._processed[TopicPartition(held.topic, held.partition)] = held.offset + 1
+            self._processed[(held.topic, held.partition)] = held.offset + 1
             self._holding = None
         self._mark_batch_processed()
+        ends = self._batch_ends
+        batch: list[RawRecord] = []
         if self._buffer:
-            batch = list(self._buffer)
+            batch.extend(self._buffer)
             self._buffer.clear()
+            for raw in batch:
+                ends[(raw.topic, raw.partition)] = raw.offset + 1
         else:
             fetched = await self._poll(
                 self._poll_timeout_ms if timeout_ms is None else timeout_ms, max_records
             )
-            batch = []
-            for records in fetched.values():
-                batch.extend(map(ConsumedRecord, records))
-        ends = self._batch_ends
-        for record in batch:
-            ends[TopicPartition(record.topic, record.partition)] = record.offset + 1
-        return batch
+            for tp, records in fetched.items():
+                batch.extend(records)
+                ends[(tp.topic, tp.partition)] = records[-1].offset + 1
+        return RecordBatch(batch)
 
     async def commit(self, record: ConsumedRecord | None = None) -> dict[TopicPartition, int]:
         """Commit `record.offset + 1` on its partition, or with no record, everything processed.
@@ -276,37 +279,37 @@ class RedpandaConsumer:
         """
         consumer = self._ready()
         if record is not None:
-            tp = TopicPartition(record.topic, record.partition)
-            offsets = {tp: record.offset + 1}
+            key = (record.topic, record.partition)
+            offsets = {TopicPartition(*key): record.offset + 1}
             with kafka_errors("commit", record.topic):
                 await consumer.commit(offsets)
             # Processed offsets at or behind this commit have nothing left to commit.
-            if self._processed.get(tp, -1) <= record.offset + 1:
-                self._processed.pop(tp, None)
+            if self._processed.get(key, -1) <= record.offset + 1:
+                self._processed.pop(key, None)
             return offsets
-        offsets = self._processed
-        if not offsets:
+        pending = dict(self._processed)
+        if not pending:
             return {}
+        offsets = {TopicPartition(*key): offset for key, offset in pending.items()}
         with kafka_errors("commit"):
             await consumer.commit(offsets)
         # Only what was committed is dropped; new progress made meanwhile stays pending.
-        self._processed = {tp: o for tp, o in self._processed.items() if offsets.get(tp) != o}
-        return dict(offsets)
+        self._processed = {k: o for k, o in self._processed.items() if pending.get(k) != o}
+        return offsets
 
     def _forget(self, revoked: Iterable[TopicPartition]) -> None:
         """Drop buffered records and uncommitted progress of partitions this member lost."""
-        gone = set(revoked)
+        gone = {(tp[0], tp[1]) for tp in revoked}
         if not gone:
             return
-        for tp in gone:
-            self._processed.pop(tp, None)
-            self._batch_ends.pop(tp, None)
+        for key in gone:
+            self._processed.pop(key, None)
+            self._batch_ends.pop(key, None)
         held = self._holding
-        if held is not None and TopicPartition(held.topic, held.partition) in gone:
+        if held is not None and (held.topic, held.partition) in gone:
             self._holding = None
         if self._buffer:
-            kept = [r for r in self._buffer if TopicPartition(r.topic, r.partition) not in gone]
-            self._buffer = deque(kept)
+            self._buffer = deque(r for r in self._buffer if (r.topic, r.partition) not in gone)
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if getattr(self, "_consumer", None) is not None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol, overload
 
 from alpha_streaming import serialization
 
-__all__ = ("ConsumedRecord", "RawRecord", "decode_header", "decode_value")
+__all__ = ("ConsumedRecord", "RawRecord", "RecordBatch", "decode_header", "decode_value")
 
 _UNSET: Any = object()
+_OPEN_BRACE = ord("{")
+_JSON_SPACE = frozenset(b" \t\r\n")
 
 
 class RawRecord(Protocol):
@@ -26,10 +28,12 @@ class RawRecord(Protocol):
 
 def decode_value(raw: bytes | None) -> dict[str, Any] | bytes | None:
     """A JSON object becomes a dict; anything else (other JSON, binary, broken JSON) stays bytes."""
-    if raw is None:
-        return None
+    if not raw:
+        return raw
     # Only a JSON *object* is decoded: b"123" or b'"x"' are more likely opaque bytes than JSON.
-    if raw[:1] != b"{" and raw.lstrip()[:1] != b"{":
+    # The first byte decides cheaply for almost every record; lstrip copies, so it comes last.
+    first = raw[0]
+    if first != _OPEN_BRACE and (first not in _JSON_SPACE or raw.lstrip()[:1] != b"{"):
         return raw
     try:
         decoded = serialization.loads(raw)
@@ -111,3 +115,36 @@ class ConsumedRecord:
             f"ConsumedRecord(topic={self.topic!r}, partition={self.partition}, "
             f"offset={self.offset}, key={self.key!r})"
         )
+
+
+class RecordBatch(Sequence[ConsumedRecord]):
+    """The records of one `getmany()` call, in partition order.
+
+    A view over aiokafka's records: each `ConsumedRecord` is made when it is reached, so a
+    large batch costs no extra objects until they are used (indexing twice gives two equal views).
+    """
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: list[RawRecord]) -> None:
+        self._raw = raw
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __iter__(self) -> Iterator[ConsumedRecord]:
+        return map(ConsumedRecord, self._raw)
+
+    @overload
+    def __getitem__(self, index: int) -> ConsumedRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> RecordBatch: ...
+
+    def __getitem__(self, index: int | slice) -> ConsumedRecord | RecordBatch:
+        if isinstance(index, slice):
+            return RecordBatch(self._raw[index])
+        return ConsumedRecord(self._raw[index])
+
+    def __repr__(self) -> str:
+        return f"RecordBatch({len(self._raw)} records)"

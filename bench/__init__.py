@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): `python -m bench [direct|enhanced|all]`; see bench/README.md."""
