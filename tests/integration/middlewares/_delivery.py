@@ -1,45 +1,14 @@
-"""Helpers for the envelope/dedup integration tests: a stand-in committer, lag, wire reads, polling.
-
-`Committer` stands in for `ErrorRoutingMiddleware`'s delivery duty while that module is not in
-the tree: explicit-offset commit on success or acknowledged skip, seek back (after a short
-pause, so no hot loop) on `RedeliveryRequested`.
-"""
+"""Helpers for the envelope/dedup integration tests: group lag, plain wire reads, polling."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from faststream import BaseMiddleware
-from faststream.exceptions import AckMessage
-
-from alpha_streaming.errors import RedeliveryRequested
 
 DEADLINE_S = 30.0
-
-
-class Committer(BaseMiddleware):
-    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
-        try:
-            result = await call_next(msg)
-        except AckMessage:
-            await commit(msg)
-            raise
-        except RedeliveryRequested:
-            await asyncio.sleep(0.2)
-            record = msg.raw_message
-            msg.consumer.seek(TopicPartition(record.topic, record.partition), record.offset)
-            raise
-        await commit(msg)
-        return result
-
-
-async def commit(msg: Any) -> None:
-    record = msg.raw_message
-    await msg.consumer.commit({TopicPartition(record.topic, record.partition): record.offset + 1})
 
 
 async def eventually(check: Callable[[], bool], what: str, deadline_s: float = DEADLINE_S) -> None:
@@ -82,3 +51,14 @@ async def read_topic(bootstrap: str, topic: str, count: int) -> list[ConsumerRec
     finally:
         await consumer.stop()
     return records[:count]
+
+
+async def lag_drains(admin: AIOKafkaAdminClient, bootstrap: str, group: str, topic: str) -> int:
+    """Poll the group's lag until it is 0 (commits land just after processing); return the last value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE_S
+    while True:
+        lag = await group_lag(admin, bootstrap, group, topic)
+        if lag == 0 or loop.time() > deadline:
+            return lag
+        await asyncio.sleep(0.1)

@@ -16,8 +16,9 @@ from pydantic import BaseModel
 from alpha_streaming.broker import make_broker
 from alpha_streaming.envelope import EnvelopeHeaders, EventEnvelope
 from alpha_streaming.settings import RedpandaSettings
-from middlewares.envelope import CurrentEnvelope, EnvelopeMiddleware
-from tests.integration.middlewares._delivery import Committer, eventually, read_topic
+from middlewares.envelope import CurrentEnvelope
+from middlewares.stack import close_stack, enhanced_stack
+from tests.integration.middlewares._delivery import eventually, read_topic
 
 NewTopic = Callable[..., Awaitable[str]]
 
@@ -29,10 +30,17 @@ class OrderFilled(BaseModel):
 
 
 def service(bootstrap: str, source: str) -> KafkaBroker:
+    """One service with the real enhanced stack (metrics aside: they have their own tests)."""
     return make_broker(
         RedpandaSettings(bootstrap_servers=bootstrap),
-        middlewares=(Committer, EnvelopeMiddleware(source=source)),
+        middlewares=enhanced_stack(service=source, metrics=False),
     )
+
+
+async def stop(*brokers: KafkaBroker) -> None:
+    await asyncio.gather(*(broker.stop() for broker in brokers))
+    for broker in brokers:
+        await close_stack(broker.middlewares)
 
 
 async def test_envelope_bytes_on_the_wire_read_by_independent_clients(
@@ -46,7 +54,7 @@ async def test_envelope_bytes_on_the_wire_read_by_independent_clients(
             OrderFilled(order_id="o-1", qty=5, price=Decimal("2450.05")), topic, key=b"s1:256265"
         )
     finally:
-        await producer.stop()
+        await stop(producer)
 
     (record,) = await read_topic(kafka_bootstrap, topic, 1)
     body = json.loads(record.value)  # the standard library, not our serialiser
@@ -111,7 +119,7 @@ async def test_correlation_and_causation_across_three_hops(
         await a.publish({"hop": "a"}, t1, key=b"chain")
         await eventually(lambda: bool(arrived), "the event to reach service D")
     finally:
-        await asyncio.gather(a.stop(), b.stop(), c.stop(), d.stop())
+        await stop(a, b, c, d)
 
     (r1,), (r2,), (r3,) = [await read_topic(kafka_bootstrap, t, 1) for t in (t1, t2, t3)]
     e1, e2, e3 = (EventEnvelope.from_bytes(r.value) for r in (r1, r2, r3))
