@@ -61,7 +61,8 @@ def wrong_ack_policy(subscriber: Any) -> str | None:
     policy = getattr(subscriber, "ack_policy", None)
     if policy is AckPolicy.MANUAL:
         return None
-    name = getattr(subscriber, "call_name", None) or repr(subscriber)
+    topics = ", ".join(getattr(subscriber, "topic_names", None) or ()) or repr(subscriber)
+    name = f"on {topics} (group {getattr(subscriber, 'group_id', None)})"
     return (
         f"subscriber {name} runs with ack_policy={policy!r}, but the enhanced stack needs "
         "AckPolicy.MANUAL (ErrorRoutingMiddleware commits after processing; any other policy "

@@ -1,0 +1,524 @@
+"""`ErrorRoutingMiddleware` under TestKafkaBroker: retries, DLQ hand-off, commits, seeks, guard.
+
+The in-memory broker cannot commit or write a DLQ, so the subscriber's consumer is replaced by a
+mock (faststream-0.7.md §6) and the DLQ by `_Sink`; the real broker path is proven in
+tests/integration/middlewares/test_error_routing_real.py.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+from unittest.mock import AsyncMock, MagicMock
+
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+from faststream import AckPolicy, BaseMiddleware
+from faststream.exceptions import AckMessage, NackMessage
+from faststream.kafka import KafkaBroker, KafkaRouter, TestKafkaBroker
+from pydantic import BaseModel
+
+from alpha_streaming.dlq import DeadLetter, DlqHeaders
+from alpha_streaming.envelope import EnvelopeHeaders, EventEnvelope
+from alpha_streaming.errors import (
+    ConfigError,
+    EnvelopeError,
+    InfrastructureError,
+    PermanentError,
+    RedeliveryRequested,
+    TransientError,
+)
+from alpha_streaming.settings import RedpandaSettings
+from middlewares._committer import first_offsets, next_offsets
+from middlewares._dead_letter import _DlqTopic, _fit
+from middlewares._state import MessageState, Outcome, state_of
+from middlewares.envelope import EnvelopeMiddleware
+from middlewares.error_routing import ErrorRoutingMiddleware
+from middlewares.retry import Budget, RetryPolicy
+from middlewares.stack import enhanced_broker, enhanced_stack, verify_enhanced_broker
+
+SERVICE = "risk-manager"
+TOPIC = "paper.orders.filled"
+OUT = "paper.orders.audit"
+
+
+class _Sink:
+    """Stands in for the DLQ writer: records what would be written; can be told to fail."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[list[ConsumerRecord[Any, Any]], BaseException, int, str | None]] = []
+        self.fail_with: Exception | None = None
+        self.closed = False
+
+    async def write(
+        self,
+        broker: Any,
+        records: Sequence[ConsumerRecord[Any, Any]],
+        error: BaseException,
+        *,
+        attempts: int,
+        group_id: str | None,
+    ) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.writes.append((list(records), error, attempts, group_id))
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class _Sleeps:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+class _Probe(BaseMiddleware):
+    """Innermost: counts how often the inner chain runs and keeps the message state."""
+
+    states: list[MessageState]
+    runs: list[int]
+
+    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+        _Probe.states.append(state_of(msg))
+        _Probe.runs.append(1)
+        return await call_next(msg)
+
+
+@pytest.fixture(autouse=True)
+def _reset_probe() -> None:
+    _Probe.states = []
+    _Probe.runs = []
+
+
+@pytest.fixture
+def sink() -> _Sink:
+    return _Sink()
+
+
+@pytest.fixture
+def sleeps() -> _Sleeps:
+    return _Sleeps()
+
+
+@pytest.fixture
+def policy(sleeps: _Sleeps) -> RetryPolicy:
+    return RetryPolicy(rng=random.Random(1), sleep=sleeps, redelivery_delay_s=0.25)
+
+
+def _broker(policy: RetryPolicy, sink: _Sink, *inner: Any) -> KafkaBroker:
+    routing = ErrorRoutingMiddleware(policy=policy, service=SERVICE, dead_letter=sink)
+    return KafkaBroker(middlewares=(routing, *inner, _Probe), ack_policy=AckPolicy.MANUAL)
+
+
+def _consumer(broker: KafkaBroker, topic: str = TOPIC) -> MagicMock:
+    """Give the subscriber of `topic` a consumer whose commits and seeks can be asserted."""
+    consumer = MagicMock(commit=AsyncMock(), seek=MagicMock())
+    for sub in broker.subscribers:
+        if topic in sub.topic_names:
+            sub.parser._setup(consumer)
+    return consumer
+
+
+def _state() -> MessageState:
+    return _Probe.states[-1]
+
+
+async def test_success_commits_the_explicit_next_offset(policy: RetryPolicy, sink: _Sink) -> None:
+    broker = _broker(policy, sink)
+    seen: list[dict[str, Any]] = []
+
+    @broker.subscriber(TOPIC, group_id="g")
+    async def handle(body: dict[str, Any]) -> None:
+        seen.append(body)
+
+    async with TestKafkaBroker(broker):
+        consumer = _consumer(broker)
+        await broker.publish({"qty": 1}, TOPIC, partition=2)
+
+    assert seen == [{"qty": 1}]
+    consumer.commit.assert_awaited_once_with({TopicPartition(TOPIC, 2): 1})
+    consumer.seek.assert_not_called()
+    assert _state().outcome is Outcome.PROCESSED
+    assert (_state().attempts, _state().retries) == (1, 0)
+    assert sink.writes == []
+
+
+async def test_transient_error_succeeds_on_attempt_3_without_dlq(
+    policy: RetryPolicy, sink: _Sink, sleeps: _Sleeps
+) -> None:
+    broker = _broker(policy, sink)
+    calls: list[int] = []
+
+    @broker.subscriber(TOPIC, group_id="g")
+    async def handle(body: dict[str, Any]) -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise InfrastructureError("db down")
+
+    async with TestKafkaBroker(broker):
+        consumer = _consumer(broker)
+        await broker.publish({"qty": 1}, TOPIC)
+
+    assert len(calls) == 3
+    assert len(_Probe.runs) == 3, "each retry re-runs the inner chain"
+    state = _state()
+    assert (state.outcome, state.attempts, state.retries) == (Outcome.PROCESSED, 3, 2)
+    assert isinstance(state.error, InfrastructureError)
+    assert sink.writes == []
+    consumer.commit.assert_awaited_once_with({TopicPartition(TOPIC, 0): 1})
+    # Two backoffs, each within its exponential ceiling (infrastructure: 2 s, then 4 s).
+    assert len(sleeps.delays) == 2
+    assert 1.0 <= sleeps.delays[0] <= 2.0
+    assert 2.0 <= sleeps.delays[1] <= 4.0
+
+
+async def test_permanent_error_goes_to_the_dlq_at_once_and_is_committed(
+    policy: RetryPolicy, sink: _Sink, sleeps: _Sleeps
+) -> None:
+    broker = _broker(policy, sink)
+    publisher = broker.publisher(OUT)
+
+    @publisher
+    @broker.subscriber(TOPIC, group_id="risk")
+    async def handle(body: dict[str, Any]) -> dict[str, Any]:
+        raise PermanentError("unknown instrument")
+
+    async with TestKafkaBroker(broker):
+        consumer = _consumer(broker)
+        await broker.publish(b'{"qty": 1}', TOPIC, key=b"k1", headers={"x-custom": "v"})
+        assert publisher.mock is not None
+        publisher.mock.assert_not_called()  # no empty body published for a dead-lettered message
+
+    assert len(sink.writes) == 1
+    records, error, attempts, group = sink.writes[0]
+    assert [(r.topic, r.key, r.value) for r in records] == [(TOPIC, b"k1", b'{"qty": 1}')]
+    assert isinstance(error, PermanentError)
+    assert (attempts, group) == (1, "risk")
+    assert sleeps.delays == []
+    assert _state().outcome is Outcome.DEAD_LETTERED
+    consumer.commit.assert_awaited_once_with({TopicPartition(TOPIC, 0): 1})
+    consumer.seek.assert_not_called()
+
+
+async def test_exhausted_transient_budget_is_dead_lettered_after_max_attempts(
+    sink: _Sink, sleeps: _Sleeps
+) -> None:
+    quick = Budget(max_attempts=4, base_delay_s=0.01, max_delay_s=0.02)
+    policy = RetryPolicy(default=quick, rng=random.Random(3), sleep=sleeps)
+    broker = _broker(policy, sink)
+    calls: list[int] = []
+
+    @broker.subscriber(TOPIC, group_id="g")
+    async def handle(body: dict[str, Any]) -> None:
+        calls.append(1)
+        raise RuntimeError("always")
+
+    async with TestKafkaBroker(broker):
+        consumer = _consumer(broker)
+        await broker.publish({"qty": 1}, TOPIC)
+
+    assert len(calls) == 4
+    assert len(sleeps.delays) == 3
+    assert all(delay <= 0.02 for delay in sleeps.delays)
+    assert [w[2] for w in sink.writes] == [4]
+    state = _state()
+    assert (state.outcome, state.attempts, state.retries) == (Outcome.DEAD_LETTERED, 4, 3)
+    consumer.commit.assert_awaited_once()
+
+
+async def test_dlq_write_failure_redelivers_without_commit(
+    policy: RetryPolicy, sink: _Sink, sleeps: _Sleeps
+) -> None:
+    sink.fail_with = OSError("broker refused")
+    broker = _broker(policy, sink)
+
+    @broker.subscriber(TOPIC, group_id="g")
+    async def handle(body: dict[str, Any]) -> None:
+        raise EnvelopeError("not an envelope")
+
+    async with TestKafkaBroker(broker):
+        consumer = _consumer(broker)
+        await broker.publish({"qty": 1}, TOPIC, partition=1)
+
+    assert _state().outcome is Outcome.REDELIVER
+    consumer.commit.assert_not_called()
+    consumer.seek.assert_called_once_with(TopicPartition(TOPIC, 1), 0)
+    assert sleeps.delays == [0.25], "a backoff before the seek: no hot loop"
+
+
+@pytest.mark.parametrize("raised", [RedeliveryRequested("redis down"), NackMessage()])
+async def test_redelivery_request_is_never_retried_nor_dead_lettered(
+    policy: RetryPolicy, sink: _Sink, sleeps: _Sleeps, raised: Exception
+) -> None:
+    broker = _broker(policy, sink)
+    calls: list[int] = []
+
+    @broker.subscriber(TOPIC, group_id="g")
+    async def handle(body: dict[str, Any]) -> None:
+        calls.append(1)
+        raise raised
+
+    async with TestKafkaBroker(broker):
+        consumer = _consumer(broker)
+        await broker.publish({"qty": 1}, TOPIC)
+
+    assert len(calls) == 1
+    assert sink.writes == []
+    assert _state().outcome is Outcome.REDELIVER
+    consumer.commit.assert_not_called()
+    consumer.seek.assert_called_once_with(TopicPartition(TOPIC, 0), 0)
+    assert sleeps.delays == [0.25]
+
+
+class _Duplicate(BaseMiddleware):
+    """Stands in for dedup finding a done marker."""
+
+    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+        state_of(msg).outcome = Outcome.DEDUPLICATED
+        raise AckMessage()
+
+
+async def test_duplicate_is_committed_without_handler_or_publish(policy: RetryPolicy, sink: _Sink) -> None:
+    broker = _broker(policy, sink, _Duplicate)
+    publisher = broker.publisher(OUT)
+    calls: list[int] = []
+
+    @publisher
+    @broker.subscriber(TOPIC, group_id="g")
+    async def handle(body: dict[str, Any]) -> dict[str, Any]:
+        calls.append(1)
+        return body
+
+    async with TestKafkaBroker(broker):
+        consumer = _consumer(broker)
+        await broker.publish({"qty": 1}, TOPIC)  # AckMessage does not escape
+        assert publisher.mock is not None
+        publisher.mock.assert_not_called()
+
+    assert calls == []
+    consumer.commit.assert_awaited_once_with({TopicPartition(TOPIC, 0): 1})
+
+
+async def test_result_is_published_before_the_commit(policy: RetryPolicy, sink: _Sink) -> None:
+    broker = _broker(policy, sink)
+    order: list[str] = []
+    publisher = broker.publisher(OUT)
+
+    @broker.subscriber(OUT, group_id="audit")
+    async def audit(body: dict[str, Any]) -> None:
+        order.append("published")
+
+    @publisher
+    @broker.subscriber(TOPIC, group_id="g")
+    async def handle(body: dict[str, Any]) -> dict[str, Any]:
+        return {"seen": body["qty"]}
+
+    async with TestKafkaBroker(broker):
+        consumer = _consumer(broker)
+        _consumer(broker, OUT)
+        consumer.commit.side_effect = lambda offsets: order.append("committed")
+        await broker.publish({"qty": 1}, TOPIC)
+
+    assert order == ["published", "committed"]
+
+
+class _FailingResultPublish(BaseMiddleware):
+    async def publish_scope(self, call_next: Any, cmd: Any) -> Any:
+        if cmd.destination == OUT:
+            raise OSError("producer down")
+        return await call_next(cmd)
+
+
+async def test_failed_result_publish_is_not_committed(policy: RetryPolicy, sink: _Sink) -> None:
+    broker = _broker(policy, sink, _FailingResultPublish)
+    publisher = broker.publisher(OUT)
+
+    @publisher
+    @broker.subscriber(TOPIC, group_id="g")
+    async def handle(body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+    async with TestKafkaBroker(broker):
+        consumer = _consumer(broker)
+        with pytest.raises(OSError, match="producer down"):
+            await broker.publish({"qty": 1}, TOPIC)
+
+    consumer.commit.assert_not_called()
+    consumer.seek.assert_called_once_with(TopicPartition(TOPIC, 0), 0)
+
+
+class Fill(BaseModel):
+    qty: int
+
+
+async def test_envelope_and_payload_errors_are_dead_lettered_through_the_stack(
+    policy: RetryPolicy, sink: _Sink
+) -> None:
+    broker = _broker(policy, sink, EnvelopeMiddleware(source=SERVICE))
+    handled: list[Fill] = []
+
+    @broker.subscriber(TOPIC, group_id="g")
+    async def handle(fill: Fill) -> None:
+        handled.append(fill)
+
+    good = EventEnvelope.create(type="Fill", data={"qty": 3}, source="t", key="k", broker="paper")
+    bad_payload = EventEnvelope.create(type="Fill", data={"qty": "many"}, source="t", key="k", broker="paper")
+    async with TestKafkaBroker(broker):
+        consumer = _consumer(broker)
+        for body in (b"\xff\x00 not json", b'{"valid": "json"}', bad_payload.to_bytes(), good.to_bytes()):
+            # Bytes with an event id header are sent as they are (the envelope middleware's
+            # publish side does not wrap them), so malformed bodies reach the consumer.
+            await broker.publish(body, TOPIC, headers={EnvelopeHeaders.ID: "raw"})
+
+    assert handled == [Fill(qty=3)]
+    assert [type(w[1]).__name__ for w in sink.writes] == ["EnvelopeError", "EnvelopeError", "ValidationError"]
+    assert all(w[2] == 1 for w in sink.writes), "permanent errors are not retried"
+    assert [w[0][0].value for w in sink.writes] == [
+        b"\xff\x00 not json",
+        b'{"valid": "json"}',
+        bad_payload.to_bytes(),
+    ]
+    assert consumer.commit.await_count == 4
+
+
+async def test_batch_is_retried_as_a_unit_then_every_record_dead_lettered(
+    policy: RetryPolicy, sink: _Sink
+) -> None:
+    broker = _broker(policy, sink)
+    calls: list[int] = []
+
+    @broker.subscriber(TOPIC, group_id="g", batch=True)
+    async def handle(bodies: list[dict[str, Any]]) -> None:
+        calls.append(len(bodies))
+        raise TransientError("still down")
+
+    async with TestKafkaBroker(broker):
+        consumer = _consumer(broker)
+        await broker.publish_batch(b'{"n": 1}', b'{"n": 2}', b'{"n": 3}', topic=TOPIC)
+
+    assert calls == [3] * 5  # the default transient budget, the whole batch each time
+    records, _, attempts, _ = sink.writes[0]
+    assert [r.value for r in records] == [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
+    assert attempts == 5
+    consumer.commit.assert_awaited_once_with({TopicPartition(TOPIC, 0): 1})
+
+
+def _record(topic: str, partition: int, offset: int) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(topic, partition, offset, 0, 0, None, b"v", None, 0, 1, [])
+
+
+def test_batch_offsets_per_partition() -> None:
+    records = [
+        _record("a", 0, 5),
+        _record("a", 1, 9),
+        _record("a", 0, 7),
+        _record("a", 1, 8),
+        _record("b", 0, 1),
+    ]
+    assert next_offsets(records) == {
+        TopicPartition("a", 0): 8,
+        TopicPartition("a", 1): 10,
+        TopicPartition("b", 0): 2,
+    }
+    assert first_offsets(records) == {
+        TopicPartition("a", 0): 5,
+        TopicPartition("a", 1): 8,
+        TopicPartition("b", 0): 1,
+    }
+
+
+async def test_wrong_ack_policy_is_refused_before_the_handler_runs(policy: RetryPolicy, sink: _Sink) -> None:
+    routing = ErrorRoutingMiddleware(policy=policy, service=SERVICE, dead_letter=sink)
+    broker = KafkaBroker(middlewares=(routing,))  # Kafka's default policy: ACK_FIRST
+    calls: list[int] = []
+
+    @broker.subscriber(TOPIC, group_id="g")
+    async def handle(body: dict[str, Any]) -> None:
+        calls.append(1)
+
+    async with TestKafkaBroker(broker):
+        with pytest.raises(ConfigError, match=r"AckPolicy\.MANUAL"):
+            await broker.publish({"qty": 1}, TOPIC)
+    assert calls == []
+    with pytest.raises(ConfigError, match="ACK_FIRST"):
+        verify_enhanced_broker(broker)
+
+
+def test_verify_catches_the_router_declared_before_include_trap() -> None:
+    broker = KafkaBroker(ack_policy=AckPolicy.MANUAL)
+    router = KafkaRouter()
+
+    @router.subscriber("early", group_id="g")
+    async def early(body: Any) -> None: ...
+
+    broker.include_router(router)
+
+    @broker.subscriber("fine", group_id="g")
+    async def fine(body: Any) -> None: ...
+
+    with pytest.raises(ConfigError) as info:
+        verify_enhanced_broker(broker)
+    assert "early" in str(info.value)
+    assert "fine" not in str(info.value)
+    assert info.value.args[0].count("runs with ack_policy") == 1
+
+
+def test_enhanced_broker_defaults_subscribers_to_manual() -> None:
+    broker = enhanced_broker(RedpandaSettings(), service=SERVICE, metrics=False)
+
+    @broker.subscriber(TOPIC, group_id="g")
+    async def handle(body: Any) -> None: ...
+
+    verify_enhanced_broker(broker)
+    assert [sub.ack_policy for sub in broker.subscribers] == [AckPolicy.MANUAL]
+
+
+def test_enhanced_stack_order() -> None:
+    redis = MagicMock()
+    stack = enhanced_stack(service=SERVICE, redis=redis)
+    assert [type(m).__name__ for m in stack] == [
+        "MetricsMiddleware",
+        "ErrorRoutingMiddleware",
+        "EnvelopeMiddleware",
+        "DeduplicationMiddleware",
+    ]
+    assert [type(m).__name__ for m in enhanced_stack(service=SERVICE, metrics=False)] == [
+        "ErrorRoutingMiddleware",
+        "EnvelopeMiddleware",
+    ]
+    with pytest.raises(ConfigError):
+        enhanced_stack(service="")
+
+
+async def test_close_releases_the_dead_letter_sink(policy: RetryPolicy, sink: _Sink) -> None:
+    await ErrorRoutingMiddleware(policy=policy, service=SERVICE, dead_letter=sink).close()
+    assert sink.closed
+
+
+def test_dlq_headers_are_clipped_to_fit_but_original_bytes_never() -> None:
+    value = b"x" * 5_000
+    record = ConsumerRecord(TOPIC, 0, 1, 0, 0, b"key", value, None, 0, 5_000, [("orig", b"h")])
+    letter = DeadLetter(
+        original_topic=TOPIC,
+        original_partition=0,
+        original_offset=1,
+        original_timestamp_ms=0,
+        consumer_group="g",
+        exception_fqcn="m.E",
+        exception_message="m" * 3_000,
+        stacktrace="s" * 10_000,
+        attempts=1,
+        service=SERVICE,
+        failed_at=__import__("datetime").datetime.now(__import__("datetime").UTC),
+    )
+    headers = [("orig", b"h"), *letter.headers()]
+    fitted = dict(_fit(record, headers, _DlqTopic(partitions=1, max_message_bytes=7_000)))
+    assert len(fitted[DlqHeaders.EXCEPTION_STACKTRACE]) < 10_000
+    assert fitted["orig"] == b"h"
+    assert DeadLetter.from_headers(list(fitted.items())).original_offset == 1
+    roomy = dict(_fit(record, headers, _DlqTopic(partitions=1, max_message_bytes=100_000)))
+    assert len(roomy[DlqHeaders.EXCEPTION_STACKTRACE]) == 10_000
