@@ -211,3 +211,18 @@ def test_producer_is_refused_with_a_fix_when_not_added() -> None:
     service = builder().add_consumer_handler(topics=["a.b.c"], group_id="g", handler_func=legacy).build()
     with pytest.raises(ConfigError, match=r"call \.add_producer\(\)"):
         _ = service.producer
+
+
+def test_metrics_only_with_with_metrics_and_error_routing_always() -> None:
+    from middlewares.error_routing import ErrorRoutingMiddleware
+    from middlewares.metrics import MetricsMiddleware
+
+    def kinds(service: StreamService) -> list[type]:
+        return [type(m) for m in service.broker.middlewares]
+
+    plain = builder().add_producer().build()
+    assert MetricsMiddleware not in kinds(plain)
+    assert ErrorRoutingMiddleware in kinds(plain)
+    measured = builder().with_error_handling().add_producer().with_metrics().build()
+    assert MetricsMiddleware in kinds(measured)
+    assert ErrorRoutingMiddleware in kinds(measured)
