@@ -1,6 +1,6 @@
 """`make demo`: the trading pipeline end to end, with injected faults and a report.
 
-    python -m examples.trading_pipeline.demo [--duration 20] [--rate 25]
+    python -m examples.trading_pipeline.demo [--duration 20] [--rate 10]
 
 1. Creates the pipeline's topics and their `.dlq` twins (idempotent, as `alpha-streaming
    topics bootstrap` does) and notes every partition's log end: the run's window starts there.
@@ -113,6 +113,7 @@ def _read_metrics(reader: InMemoryMetricReader) -> list[Metric]:
                         found.append(Metric(metric.name, attributes, float(point.value)))
                     elif isinstance(point, HistogramDataPoint):
                         found.append(Metric(metric.name + ".count", attributes, float(point.count)))
+                        found.append(Metric(metric.name + ".sum", attributes, float(point.sum)))
     return found
 
 
@@ -232,12 +233,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m examples.trading_pipeline.demo", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of market feed (default 20)")
-    parser.add_argument("--rate", type=float, default=25.0, help="ticks per second (default 25)")
+    parser.add_argument("--rate", type=float, default=10.0, help="ticks per second (default 10)")
     parser.add_argument("--verbose", action="store_true", help="show the services' logs")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:
+        # FastStream's broker loggers set their own level and log every message at INFO.
+        logging.disable(logging.INFO)
     try:
         status = asyncio.run(run_demo(duration_s=args.duration, rate_per_s=args.rate))
     except Exception as exc:

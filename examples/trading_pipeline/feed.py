@@ -39,9 +39,9 @@ TICK_SIZE = Decimal("0.05")
 class FeedPlan:
     """How many ticks per second, for how long, and which faults to inject."""
 
-    rate_per_s: float = 25.0
+    rate_per_s: float = 10.0
     duration_s: float = 20.0
-    duplicate_every: int = 40
+    duplicate_every: int = 25
     """Every n-th tick is published twice (the same envelope): the dedup must suppress it."""
     poison: bool = True
     unlisted: bool = True

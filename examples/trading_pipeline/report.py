@@ -191,15 +191,19 @@ def _consumption(run: _Run, report: Report) -> None:
     out = report.lines.append
     metrics = run.data.metrics
     out("Consumption per service (OpenTelemetry counters of each service's MetricsMiddleware)")
-    out(f"  {'service':<18} {'processed':>9} {'dedup':>6} {'dlq':>5} {'retries':>8} {'failed':>7}")
+    header = (
+        f"{'service':<16} {'processed':>9} {'dedup':>6} {'dlq':>4} {'retries':>7} {'failed':>6} {'ms/msg':>7}"
+    )
+    out("  " + header)
     for consumer in consumers():
         s = consumer.service
         out(
-            f"  {s:<18} {_sum(metrics, 'alpha.messages', service=s, outcome='processed'):>9.0f}"
+            f"  {s:<16} {_sum(metrics, 'alpha.messages', service=s, outcome='processed'):>9.0f}"
             f" {_sum(metrics, 'alpha.messages', service=s, outcome='deduplicated'):>6.0f}"
-            f" {_sum(metrics, 'alpha.messages', service=s, outcome='dead_lettered'):>5.0f}"
-            f" {_sum(metrics, 'alpha.messages.retried', service=s):>8.0f}"
-            f" {_sum(metrics, 'alpha.messages.failed', service=s):>7.0f}"
+            f" {_sum(metrics, 'alpha.messages', service=s, outcome='dead_lettered'):>4.0f}"
+            f" {_sum(metrics, 'alpha.messages.retried', service=s):>7.0f}"
+            f" {_sum(metrics, 'alpha.messages.failed', service=s):>6.0f}"
+            f" {_mean_ms(metrics, s):>7.1f}"
         )
     lagging = [p for p in run.data.groups if p.lag]
     total = len(run.data.groups)
@@ -210,6 +214,12 @@ def _consumption(run: _Run, report: Report) -> None:
     for p in lagging:
         report.failures.append(f"group {p.group} left {p.lag} record(s) uncommitted on {_where(p)}")
     out("")
+
+
+def _mean_ms(metrics: Sequence[Metric], service: str) -> float:
+    """Mean time per message from the duration histogram (retries and DLQ writes included)."""
+    count = _sum(metrics, "alpha.message.duration.count", service=service)
+    return 1000 * _sum(metrics, "alpha.message.duration.sum", service=service) / count if count else 0.0
 
 
 def _where(p: GroupPosition) -> str:

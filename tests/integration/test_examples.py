@@ -353,12 +353,18 @@ async def test_builder_service_command_stops_cleanly_on_sigterm(
         stderr=asyncio.subprocess.STDOUT,
     )
     assert process.stdout is not None
+    banner = f"legacy-risk-gate consuming {topics.signals_raw}"
+    seen = b""
     try:
-        line = await asyncio.wait_for(process.stdout.readline(), timeout=DEADLINE_S)
+        async with asyncio.timeout(DEADLINE_S):
+            while banner.encode() not in seen:
+                line = await process.stdout.readline()
+                assert line, f"exited before starting: {seen.decode()}"
+                seen += line
     finally:
         process.send_signal(signal.SIGTERM)
         rest, _ = await asyncio.wait_for(process.communicate(), timeout=DEADLINE_S)
-    assert line.decode().startswith(f"legacy-risk-gate consuming {topics.signals_raw}"), line + rest
+    line = seen
     assert process.returncode == 0, (line + rest).decode()
 
 
