@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
 import os
 import sys
 import time
@@ -38,6 +39,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 async def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    # aiokafka logs each retried produce (e.g. while a fresh topic elects leaders) as a warning;
+    # retries are part of what is measured, the log lines are noise in the table.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     names = BENCHMARKS if args.which == "all" else (args.which,)
     print(f"bench: {args.messages:,} messages of {args.size} bytes, {args.runs} interleaved runs")
     print(f"broker: {args.bootstrap}")

@@ -94,15 +94,23 @@ async def interleaved(runs: int, variants: Sequence[tuple[Row, Callable[[], Awai
 
 
 def print_table(title: str, rows: Sequence[Row]) -> None:
-    """Median msg/s per variant and its ratio to the case's baseline row."""
+    """Median msg/s per variant, its ratio to the case's baseline, and the median paired ratio.
+
+    `ratio` divides the medians; `paired` is the median of per-round ratios (each variant against
+    the baseline run next to it), which is steadier when the machine's load drifts during a run.
+    """
     print(f"\n{title}")
-    header = f"{'case':<22} {'variant':<28} {'median msg/s':>13} {'ratio':>7}  runs (msg/s)"
+    header = f"{'case':<22} {'variant':<28} {'median msg/s':>13} {'ratio':>7} {'paired':>7}  runs (msg/s)"
     print(header)
     print("-" * len(header))
-    baselines = {row.case: row.median for row in rows if row.baseline}
+    baselines = {row.case: row for row in rows if row.baseline}
     for row in rows:
         base = baselines.get(row.case)
-        ratio = f"{row.median / base:.3f}" if base else "-"
+        ratio = paired = "-"
+        if base is not None and base.median:
+            ratio = f"{row.median / base.median:.3f}"
+            pairs = [mine / theirs for mine, theirs in zip(row.rates, base.rates, strict=False) if theirs]
+            paired = f"{statistics.median(pairs):.3f}" if pairs else "-"
         runs = " ".join(f"{rate:,.0f}" for rate in row.rates)
         note = f"  {row.note}" if row.note else ""
-        print(f"{row.case:<22} {row.variant:<28} {row.median:>13,.0f} {ratio:>7}  {runs}{note}")
+        print(f"{row.case:<22} {row.variant:<28} {row.median:>13,.0f} {ratio:>7} {paired:>7}  {runs}{note}")

@@ -12,6 +12,7 @@ __all__ = ("ConsumedRecord", "RawRecord", "RecordBatch", "decode_header", "decod
 _UNSET: Any = object()
 _OPEN_BRACE = ord("{")
 _JSON_SPACE = frozenset(b" \t\r\n")
+_SPACE = ord(" ")
 
 
 class RawRecord(Protocol):
@@ -55,16 +56,22 @@ def decode_header(raw: bytes | None) -> str | bytes:
 class ConsumedRecord:
     """One record read by `RedpandaConsumer`.
 
-    The value and headers are decoded on first access and cached, so a consumer that only
-    forwards `raw_value` pays nothing for decoding.
+    `value` is decoded when the record is handed out (a first-byte test settles non-JSON
+    values without parsing); headers are decoded on first access and cached.
     """
 
-    __slots__ = ("_headers", "_raw", "_value")
+    __slots__ = ("_headers", "_raw", "value")
+
+    value: dict[str, Any] | bytes | None
+    """The value decoded: a JSON object as a dict, anything else as bytes (None: tombstone)."""
 
     def __init__(self, raw: RawRecord) -> None:
         self._raw = raw
-        self._value: Any = _UNSET
         self._headers: Any = _UNSET
+        value = raw.value
+        # decode_value's first-byte test inlined: bytes above space other than "{" are not a
+        # JSON object, and that settles most binary records without a function call.
+        self.value = value if value and value[0] != _OPEN_BRACE and value[0] > _SPACE else decode_value(value)
 
     @property
     def topic(self) -> str:
@@ -90,13 +97,6 @@ class ConsumedRecord:
     def raw_value(self) -> bytes | None:
         """The value bytes exactly as they are stored in Kafka."""
         return self._raw.value
-
-    @property
-    def value(self) -> dict[str, Any] | bytes | None:
-        """The value decoded: a JSON object as a dict, anything else as bytes (None: tombstone)."""
-        if self._value is _UNSET:
-            self._value = decode_value(self._raw.value)
-        return self._value  # type: ignore[no-any-return]
 
     @property
     def headers(self) -> Mapping[str, str | bytes]:
