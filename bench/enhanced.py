@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -178,10 +177,8 @@ async def measure(
             dedup_namespace=f"bench-{uuid.uuid4().hex[:8]}",  # nothing seen yet
             tracer_provider=TracerProvider(),  # spans are recorded, exported nowhere
         )
-    # FastStream logs every message at `log_level`; DEBUG keeps that out of both sides' numbers.
-    broker = make_broker(
-        RedpandaSettings(bootstrap_servers=bootstrap), middlewares=middlewares, log_level=logging.DEBUG
-    )
+    # FastStream logs every message; without a logger neither side pays for that.
+    broker = make_broker(RedpandaSettings(bootstrap_servers=bootstrap), middlewares=middlewares, logger=None)
     clock = _Clock(count)
     _subscribe(broker, topic, variant, mode, clock)
     await broker.start()
@@ -217,7 +214,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
             topic = await new_topic("enhanced")
             await prefill(args.bootstrap, topic, max(counts.values()))
             for mode in (SINGLE, BATCH):
-                case = f"subscriber {mode} ({counts[mode]:,})"
+                case = f"{mode} ({counts[mode]:,} msgs)"
                 mode_rows = [Row(case, VARIANT_NAMES[v], baseline=v == PLAIN) for v in VARIANTS]
                 mode_rows[-1].note = f"target >= {TARGETS[mode]}x plain"
 
@@ -237,3 +234,115 @@ async def run(args: argparse.Namespace) -> list[Row]:
             target = TARGETS[SINGLE if "single" in row.case else BATCH]
             row.note += f": {'met' if ratio >= target else f'MISSED by {target - ratio:.2f}x'}"
     return rows
+
+
+# --- profile: `python -m bench.enhanced` -------------------------------------------------------
+
+CATEGORIES = (
+    ("kafka commit (awaited)", "commit"),
+    ("redis (awaited)", "redis"),
+)
+LIBRARIES = (
+    ("/redis/", "redis-py (client CPU)"),
+    ("/aiokafka/", "aiokafka (fetch, commit CPU)"),
+    ("/opentelemetry/", "opentelemetry (spans, metrics)"),
+    ("/pydantic", "pydantic + JSON (envelope, payload)"),
+    ("/json/", "pydantic + JSON (envelope, payload)"),
+    ("alpha_streaming/", "pydantic + JSON (envelope, payload)"),
+    ("/middlewares/", "our middlewares (own code)"),
+    ("/fast_depends/", "faststream + fast_depends"),
+    ("/faststream/", "faststream + fast_depends"),
+    ("selectors.py", "event loop idle (waiting on sockets)"),
+    ("/asyncio/", "asyncio scheduling"),
+)
+
+
+class _Awaited:
+    """Wall time spent awaiting consumer commits and Redis commands (patched in for the profile)."""
+
+    def __init__(self) -> None:
+        self.seconds = {"commit": 0.0, "redis": 0.0}
+        self.calls = {"commit": 0, "redis": 0}
+
+    def wrap(self, owner: Any, name: str, kind: str) -> Callable[[], None]:
+        original = getattr(owner, name)
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                self.seconds[kind] += time.perf_counter() - started
+                self.calls[kind] += 1
+
+        setattr(owner, name, timed)
+        return lambda: setattr(owner, name, original)
+
+
+def _library_shares(session: Any) -> dict[str, float]:
+    shares: dict[str, float] = {}
+    for stack, seconds in session.frame_records:
+        label = "other"
+        for frame in reversed(stack):
+            path = frame.split("\x00")[1] if "\x00" in frame else ""
+            found = next((name for marker, name in LIBRARIES if marker in path), None)
+            if found is not None:
+                label = found
+                break
+        shares[label] = shares.get(label, 0.0) + seconds
+    return shares
+
+
+async def profile(bootstrap: str, redis_url: str) -> None:
+    """One enhanced run per mode under pyinstrument, with commit and Redis waits timed."""
+    from aiokafka import AIOKafkaConsumer
+    from pyinstrument import Profiler
+    from redis.asyncio import Redis
+
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        async with topics(bootstrap, partitions=PARTITIONS) as new_topic:
+            topic = await new_topic("enhanced-profile")
+            await prefill(bootstrap, topic, BATCH_MESSAGES)
+            for mode, count in ((SINGLE, SINGLE_MESSAGES), (BATCH, BATCH_MESSAGES)):
+                awaited = _Awaited()
+                restore = [
+                    awaited.wrap(AIOKafkaConsumer, "commit", "commit"),
+                    awaited.wrap(Redis, "execute_command", "redis"),
+                ]
+                profiler = Profiler(interval=0.001, async_mode="disabled")
+                try:
+                    rate = await measure(ENHANCED, mode, topic, count, bootstrap, redis, profiler=profiler)
+                finally:
+                    for undo in restore:
+                        undo()
+                per_msg_ms = 1000 / rate
+                print(f"\n[{mode}] enhanced_stack, profiled: {rate:,.0f} msg/s = {per_msg_ms:.3f} ms/msg")
+                for kind, label in CATEGORIES:
+                    seconds, calls = awaited.seconds[kind], awaited.calls[kind]
+                    print(
+                        f"  {label:<38} {seconds * 1000 / count:8.3f} ms/msg"
+                        f"  ({calls:,} calls, {seconds * 1000 / max(calls, 1):.3f} ms each)"
+                    )
+                session = profiler.last_session
+                total = session.duration
+                print(
+                    f"  sampled wall time by innermost library ({total:.1f} s, profiler overhead included):"
+                )
+                for label, seconds in sorted(_library_shares(session).items(), key=lambda kv: -kv[1]):
+                    print(
+                        f"    {label:<38} {100 * seconds / total:5.1f}% {seconds * 1000 / count:7.3f} ms/msg"
+                    )
+    finally:
+        await redis.aclose()
+
+
+if __name__ == "__main__":
+    import os
+
+    asyncio.run(
+        profile(
+            os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        )
+    )
