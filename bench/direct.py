@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -68,7 +69,9 @@ async def produce_tier(config: RedpandaSettings, topic: str, data: Payload) -> f
 
 def raw_consumer(config: RedpandaSettings, topic: str) -> AIOKafkaConsumer:
     # The same factory the direct tier uses, so both sides get identical connection settings.
-    options = dict(make_broker(config).config.broker_config.builder.keywords)
+    builder = make_broker(config).config.broker_config.builder
+    assert isinstance(builder, functools.partial), "FastStream's consumer factory changed shape"
+    options = dict(builder.keywords)
     return AIOKafkaConsumer(
         topic,
         **options,
