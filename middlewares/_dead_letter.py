@@ -192,16 +192,17 @@ class DeadLetterWriter:
 
 
 async def _describe_or_create(admin: AIOKafkaAdminClient, source: str, target: str) -> _DlqTopic:
-    partitions = await _partitions(admin, target)
-    if partitions is None:
-        source_partitions = await _partitions(admin, source) or 1
+    existing = await _layout(admin, target)
+    if existing is None:
+        # Same partitions and replication as the source, so the DLQ is as durable as it.
+        partitions, replication = await _layout(admin, source) or (1, 1)
         limit = await _max_message_bytes(admin, source) + HEADROOM_BYTES
         response = await admin.create_topics(
             [
                 NewTopic(
                     target,
-                    num_partitions=source_partitions,
-                    replication_factor=-1,  # the cluster's default
+                    num_partitions=partitions,
+                    replication_factor=replication,
                     topic_configs={MAX_MESSAGE_BYTES: str(limit)},
                 )
             ]
@@ -213,27 +214,29 @@ async def _describe_or_create(admin: AIOKafkaAdminClient, source: str, target: s
                     f"cannot create dead-letter topic {target!r}: "
                     f"{item.get('error_message') or ak.for_code(code).__name__}"
                 )
-        log.info("created dead-letter topic %s (%d partitions)", target, source_partitions)
-        partitions = await _wait_visible(admin, target)
-    return _DlqTopic(partitions, await _max_message_bytes(admin, target))
+        log.info("created dead-letter topic %s (%d partitions)", target, partitions)
+        existing = await _wait_visible(admin, target)
+    return _DlqTopic(existing[0], await _max_message_bytes(admin, target))
 
 
-async def _partitions(admin: AIOKafkaAdminClient, topic: str) -> int | None:
+async def _layout(admin: AIOKafkaAdminClient, topic: str) -> tuple[int, int] | None:
+    """(partition count, replication factor) of `topic`, or None if it does not exist."""
     described = await admin.describe_topics([topic])
     for item in described:
-        if item.get("topic") == topic and item.get("error_code") == 0 and item.get("partitions"):
-            return len(item["partitions"])
+        partitions = item.get("partitions")
+        if item.get("topic") == topic and item.get("error_code") == 0 and partitions:
+            return len(partitions), max(1, len(partitions[0].get("replicas") or ()))
     return None
 
 
-async def _wait_visible(admin: AIOKafkaAdminClient, topic: str) -> int:
+async def _wait_visible(admin: AIOKafkaAdminClient, topic: str) -> tuple[int, int]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + METADATA_WAIT_S
-    while (partitions := await _partitions(admin, topic)) is None:
+    while (layout := await _layout(admin, topic)) is None:
         if loop.time() > deadline:
             raise KafkaClientError(f"dead-letter topic {topic!r} not in the metadata after creation")
         await asyncio.sleep(0.05)
-    return partitions
+    return layout
 
 
 async def _max_message_bytes(admin: AIOKafkaAdminClient, topic: str) -> int:

@@ -117,7 +117,8 @@ def _broker(policy: RetryPolicy, sink: _Sink, *inner: Any) -> KafkaBroker:
 def _consumer(broker: KafkaBroker, topic: str = TOPIC) -> MagicMock:
     """Give the subscriber of `topic` a consumer whose commits and seeks can be asserted."""
     consumer = MagicMock(commit=AsyncMock(), seek=MagicMock())
-    for sub in broker.subscribers:
+    subscribers: list[Any] = list(broker.subscribers)
+    for sub in subscribers:
         if topic in sub.topic_names:
             sub.parser._setup(consumer)
     return consumer
