@@ -27,7 +27,8 @@ and then raises `RedeliveryRequested`: error routing seeks back and the record c
 the consumer pauses until Redis is back and nothing runs without dedup. If Redis fails after
 the handler succeeded, the done marker is retried for the same window and then given up (the
 handler ran; redelivering would run it again). `"fail_open"` runs the handler without dedup.
-Either way `state.redis_outage` records it for the metrics.
+Either way `state.redis_outage` records it for the metrics. The Redis client's own retries
+(redis-py retries connection errors by default) add to every call; keep them short.
 
 The honest window (DESIGN.md): a process that dies after the handler's side effect but before
 the done marker is written runs that handler again once its lease expires.
@@ -50,6 +51,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from alpha_streaming.envelope import EnvelopeHeaders
 from alpha_streaming.errors import ConfigError, RedeliveryRequested
 from alpha_streaming.settings import DedupSettings
+from middlewares._lease_scripts import CLAIMED, DONE, register_lease_scripts
 from middlewares._lru import LruTtlSet
 from middlewares._state import MessageState, Outcome, state_of
 from middlewares.envelope import ENVELOPES_KEY, group_id_of
@@ -68,55 +70,9 @@ __all__ = ("DeduplicationMiddleware",)
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "alpha:dedup"
-DONE = "done"
-# Claim answers, per key.
-_HELD, _CLAIMED, _DONE = 0, 1, 2
 # Half of aiokafka's default max_poll_interval_ms (300 s): a paused consumer keeps its group.
 MAX_OUTAGE_PAUSE_S = 150.0
 _OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-
-# KEYS: event keys. ARGV: owner token, lease ms. A key we already own counts as claimed: a
-# retry of the same message whose release could not reach Redis claims again.
-_CLAIM = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local value = redis.call('GET', key)
-  if not value then
-    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
-    out[i] = 1
-  elseif value == 'done' then
-    out[i] = 2
-  elseif value == ARGV[1] then
-    redis.call('PEXPIRE', key, ARGV[2])
-    out[i] = 1
-  else
-    out[i] = 0
-  end
-end
-return out
-"""
-# KEYS: event keys. ARGV: owner token, done ms. An expired lease nobody took is marked too.
-_MARK_DONE = """
-for _, key in ipairs(KEYS) do
-  local value = redis.call('GET', key)
-  if (not value) or value == ARGV[1] then
-    redis.call('SET', key, 'done', 'PX', ARGV[2])
-  end
-end
-return 1
-"""
-_RELEASE = """
-for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
-end
-return 1
-"""
-_RENEW = """
-for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]) end
-end
-return 1
-"""
 
 
 class DeduplicationMiddleware:
@@ -157,10 +113,7 @@ class DeduplicationMiddleware:
         self.wait_s = lease_ttl_s
         self.renew_every_s = lease_ttl_s / 3
         self.cache = LruTtlSet(local_cache_size, done_ttl_s)
-        self.claim = redis.register_script(_CLAIM)
-        self.mark_done = redis.register_script(_MARK_DONE)
-        self.release = redis.register_script(_RELEASE)
-        self.renew = redis.register_script(_RENEW)
+        self.claim, self.mark_done, self.release, self.renew = register_lease_scripts(redis)
         self._prefixes: dict[str | None, str] = {}
 
     @classmethod
@@ -258,9 +211,9 @@ class _DedupRuntime(BaseMiddleware[Any, Any]):
             answers = await self._redis(config.claim, todo, [self._owner, config.lease_ms], state)
             held = []
             for i, answer in zip(pending, answers, strict=True):
-                if answer == _CLAIMED:
+                if answer == CLAIMED:
                     fresh.append(i)
-                elif answer == _DONE:
+                elif answer == DONE:
                     cache.add(keys[i])
                 else:
                     held.append(i)
