@@ -97,7 +97,10 @@ def broker_admin(broker: KafkaBroker) -> AIOKafkaAdminClient:
 @asynccontextmanager
 async def connected_broker(config: RedpandaSettings) -> AsyncIterator[KafkaBroker]:
     """A connected idempotent `KafkaBroker` (producer + admin client), stopped on exit."""
-    broker = make_broker(config)
+    # No FastStream access logger: this broker has no subscribers to log for, and FastStream's
+    # shared `faststream.access.kafka` logger would keep a handler bound to whatever sys.stdout
+    # is at connect time (a CLI test runner's buffer, closed later), breaking later brokers' logs.
+    broker = make_broker(config, logger=None)
     try:
         await broker.connect()
     except (ak.KafkaError, OSError) as exc:
