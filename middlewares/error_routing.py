@@ -31,7 +31,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from faststream import BaseMiddleware
-from faststream.exceptions import AckMessage, NackMessage, RejectMessage
+from faststream.exceptions import AckMessage, HandlerException, NackMessage, RejectMessage
 from faststream.message import SourceType
 from faststream.middlewares import AckPolicy
 
@@ -39,6 +39,7 @@ from alpha_streaming.errors import ConfigError, RedeliveryRequested
 from middlewares._committer import commit_records, is_fake, seek_back
 from middlewares._dead_letter import DeadLetterSink, DeadLetterWriter
 from middlewares._state import MessageState, Outcome, state_of
+from middlewares.metrics import RAW_OUTCOME_ATTRIBUTE
 from middlewares.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ __all__ = ("ErrorRoutingMiddleware", "wrong_ack_policy")
 log = logging.getLogger(__name__)
 
 _DEFAULT_POLICY = RetryPolicy()
+# Where a record's own header bytes wait while FastStream parses an escaped copy of them.
+ORIGINAL_HEADERS_ATTRIBUTE = "_alpha_original_headers"
 
 
 def wrong_ack_policy(subscriber: Any) -> str | None:
@@ -71,6 +74,27 @@ def wrong_ack_policy(subscriber: Any) -> str | None:
         "or pass `ack_policy=AckPolicy.MANUAL` (the enum, not a string) to the subscriber; a "
         "KafkaRouter subscriber must be declared after `include_router` or carry the policy itself."
     )
+
+
+def _readable_headers(record: Any) -> None:
+    """Make header values FastStream can decode; the DLQ still gets the original bytes.
+
+    Kafka header values are arbitrary bytes, but FastStream's parser decodes every one as
+    UTF-8 and fails the whole message otherwise: a valid event would be lost to, say, a binary
+    header another tool added. Such values are passed on backslash-escaped instead.
+    """
+    headers = getattr(record, "headers", None)
+    if not headers:
+        return
+    try:
+        for _, value in headers:
+            value.decode()
+    except (UnicodeDecodeError, AttributeError):
+        setattr(record, ORIGINAL_HEADERS_ATTRIBUTE, list(headers))
+        record.headers = [
+            (key, value.decode("utf-8", "backslashreplace").encode() if isinstance(value, bytes) else b"")
+            for key, value in headers
+        ]
 
 
 class ErrorRoutingMiddleware:
@@ -132,6 +156,11 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
         self._commit = False
         self._suppress = False
 
+    async def on_receive(self) -> None:
+        raw = self.msg
+        for record in raw if isinstance(raw, list | tuple) else (raw,):
+            _readable_headers(record)
+
     async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
         if msg.source_type is SourceType.RESPONSE:
             return await call_next(msg)
@@ -190,24 +219,49 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
         exc_tb: TracebackType | None = None,
     ) -> bool | None:
         if not self._records:
+            # consume_scope never ran: FastStream's parser failed on the raw record (e.g. a
+            # header value that is not UTF-8). Left alone it would be skipped by a later commit.
+            if isinstance(exc_val, Exception) and not isinstance(exc_val, HandlerException):
+                return await self._unparsable(exc_val)
             return None
         ours = exc_type is not None and self._suppress and issubclass(exc_type, AckMessage | RejectMessage)
         if self._commit and (exc_type is None or ours):
-            try:
-                await commit_records(self._consumer, self._records)
-            except Exception as exc:
-                # Typically a rebalance took the partition away: its new owner gets the message
-                # again, and dedup recognises it as done.
-                log.warning("commit failed for %s (%s: %s)", self._where(), type(exc).__name__, exc)
+            await self._commit_quietly()
         elif self._commit:
             # The handler succeeded but publishing its result failed: do not commit past it.
             log.error("publishing the result for %s failed; the message will be redelivered", self._where())
             seek_back(self._consumer, self._records)
         return ours or None
 
+    async def _unparsable(self, exc: Exception) -> bool | None:
+        raw = self.msg
+        records = tuple(raw) if isinstance(raw, list | tuple) else (raw,)
+        subscriber = self.context.get_local("handler_")
+        if not records or not hasattr(records[0], "topic") or wrong_ack_policy(subscriber) is not None:
+            return None
+        self._records = records
+        self._consumer = getattr(records[0], "consumer", None) or getattr(subscriber, "consumer", None)
+        # No StreamMessage exists, so no shared state either; parsing cannot succeed on a retry.
+        state = MessageState(attempts=1)
+        await self._dead_letter(state, exc, 1)
+        for record in records:
+            # The metrics middleware counts an unparsed record from this mark.
+            setattr(record, RAW_OUTCOME_ATTRIBUTE, state.outcome)
+        if self._commit:
+            await self._commit_quietly()
+        return True
+
+    async def _commit_quietly(self) -> None:
+        try:
+            await commit_records(self._consumer, self._records)
+        except Exception as exc:
+            # Typically a rebalance took the partition away: its new owner gets the message
+            # again, and dedup recognises it as done.
+            log.warning("commit failed for %s (%s: %s)", self._where(), type(exc).__name__, exc)
+
     async def _dead_letter(self, state: MessageState, exc: BaseException, attempts: int) -> None:
         config = self._config
-        subscriber = self.context.get_local("handler_")
+        subscriber = self._restore_headers_and_subscriber()
         try:
             await config.dead_letter.write(
                 self.context.get_local("broker"),
@@ -234,6 +288,14 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
         )
         state.outcome = Outcome.DEAD_LETTERED
         self._commit = self._suppress = True
+
+    def _restore_headers_and_subscriber(self) -> Any:
+        # The DLQ record carries the header bytes as they arrived, not the escaped copy.
+        for record in self._records:
+            original = getattr(record, ORIGINAL_HEADERS_ATTRIBUTE, None)
+            if original is not None:
+                record.headers = original
+        return self.context.get_local("handler_")
 
     async def _redeliver(self, state: MessageState, exc: BaseException) -> None:
         state.outcome = Outcome.REDELIVER

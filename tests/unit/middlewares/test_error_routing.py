@@ -523,3 +523,66 @@ def test_dlq_headers_are_clipped_to_fit_but_original_bytes_never() -> None:
     assert DeadLetter.from_headers(list(fitted.items())).original_offset == 1
     roomy = dict(_fit(record, headers, _DlqTopic(partitions=1, max_message_bytes=100_000)))
     assert len(roomy[DlqHeaders.EXCEPTION_STACKTRACE]) == 10_000
+
+
+async def test_binary_header_values_do_not_stop_a_valid_event(policy: RetryPolicy, sink: _Sink) -> None:
+    broker = _broker(policy, sink)
+    seen: list[dict[str, Any]] = []
+    subscriber = broker.subscriber(TOPIC, group_id="g")
+
+    @subscriber
+    async def handle(body: dict[str, Any]) -> None:
+        seen.append(body)
+
+    record = _record(TOPIC, 0, 3)
+    record.value = b'{"qty": 2}'
+    record.headers = [("trace-bin", b"\x80\xff"), ("ok", b"v")]
+    async with TestKafkaBroker(broker):
+        await subscriber.process_message(record)
+
+    assert seen == [{"qty": 2}]
+    assert sink.writes == []
+
+
+async def test_binary_header_values_reach_the_dlq_untouched(policy: RetryPolicy, sink: _Sink) -> None:
+    broker = _broker(policy, sink)
+    subscriber = broker.subscriber(TOPIC, group_id="g")
+
+    @subscriber
+    async def handle(body: dict[str, Any]) -> None:
+        raise PermanentError("no")
+
+    record = _record(TOPIC, 0, 3)
+    record.headers = [("trace-bin", b"\x80\xff")]
+    async with TestKafkaBroker(broker):
+        await subscriber.process_message(record)
+
+    [(records, _, _, _)] = sink.writes
+    assert records[0].headers == [("trace-bin", b"\x80\xff")]
+
+
+async def test_record_the_parser_rejects_is_dead_lettered_and_committed(
+    policy: RetryPolicy, sink: _Sink
+) -> None:
+    broker = _broker(policy, sink)
+
+    async def refuse(record: Any, original: Any) -> Any:
+        raise ValueError("cannot parse")
+
+    subscriber = broker.subscriber(TOPIC, group_id="g", parser=refuse)
+    calls: list[int] = []
+
+    @subscriber
+    async def handle(body: Any) -> None:
+        calls.append(1)
+
+    record = _record(TOPIC, 4, 12)
+    async with TestKafkaBroker(broker):
+        consumer = MagicMock(commit=AsyncMock(), seek=MagicMock())
+        record.consumer = consumer  # type: ignore[attr-defined]  # as aiokafka records of a real subscriber
+        await subscriber.process_message(record)  # nothing escapes
+
+    assert calls == []
+    [(records, error, attempts, _)] = sink.writes
+    assert (records[0].offset, type(error), attempts) == (12, ValueError, 1)
+    consumer.commit.assert_awaited_once_with({TopicPartition(TOPIC, 4): 13})
