@@ -6,13 +6,17 @@ fetched, which would skip records that are still being retried (seed-lessons.md 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 from faststream.kafka.message import FakeConsumer
 
-__all__ = ("commit_records", "first_offsets", "is_fake", "next_offsets", "seek_back")
+__all__ = ("CommitWindow", "commit_records", "first_offsets", "is_fake", "next_offsets", "seek_back")
+
+log = logging.getLogger(__name__)
 
 
 def is_fake(consumer: object) -> bool:
@@ -50,3 +54,56 @@ def seek_back(consumer: Any, records: Iterable[ConsumerRecord[Any, Any]]) -> Non
         return
     for tp, offset in first_offsets(records).items():
         consumer.seek(tp, offset)
+
+
+class CommitWindow:
+    """Coalesces the commits of one consumer: flushed every `every` outcomes or `interval_s`.
+
+    Opt-in. Safe with dedup only: "done" is recorded in Redis before the commit, so records
+    whose commit was still pending when the process died or the partition moved are skipped as
+    duplicates when they come again. Without dedup they would be processed again. Flushed
+    before every seek, so a redelivery never rewinds past a pending commit.
+    """
+
+    __slots__ = ("_consumer", "_count", "_every", "_interval_s", "_lock", "_pending", "_timer")
+
+    def __init__(self, consumer: Any, *, every: int, interval_s: float) -> None:
+        self._consumer = consumer
+        self._every = every
+        self._interval_s = interval_s
+        self._pending: dict[TopicPartition, int] = {}
+        self._count = 0
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def add(self, records: Iterable[ConsumerRecord[Any, Any]]) -> None:
+        pending = self._pending
+        for tp, offset in next_offsets(records).items():
+            pending[tp] = max(pending.get(tp, 0), offset)
+        self._count += 1
+        if self._count >= self._every:
+            await self.flush()
+        elif self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._interval_s, self._flush_later)
+
+    async def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        offsets, self._pending, self._count = self._pending, {}, 0
+        # One commit at a time, so an older set of offsets never lands after a newer one.
+        async with self._lock:
+            await self._consumer.commit(offsets)
+
+    def _flush_later(self) -> None:
+        self._timer = None
+        task = asyncio.ensure_future(self.flush())
+        task.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("coalesced commit failed (%s: %s); the records come again", type(exc).__name__, exc)

@@ -7,10 +7,11 @@ tests/integration/middlewares/test_error_routing_real.py.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Sequence
 from typing import Any
-from unittest.mock import AsyncMock, MagicMock
+from unittest.mock import AsyncMock, MagicMock, call
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
@@ -30,7 +31,7 @@ from alpha_streaming.errors import (
     TransientError,
 )
 from alpha_streaming.settings import RedpandaSettings
-from middlewares._committer import first_offsets, next_offsets
+from middlewares._committer import CommitWindow, first_offsets, next_offsets
 from middlewares._dead_letter import _DlqTopic, _fit
 from middlewares._state import MessageState, Outcome, state_of
 from middlewares.envelope import EnvelopeMiddleware
@@ -586,3 +587,49 @@ async def test_record_the_parser_rejects_is_dead_lettered_and_committed(
     [(records, error, attempts, _)] = sink.writes
     assert (records[0].offset, type(error), attempts) == (12, ValueError, 1)
     consumer.commit.assert_awaited_once_with({TopicPartition(TOPIC, 4): 13})
+
+
+async def test_commit_window_coalesces_by_count_time_and_flushes_before_a_seek() -> None:
+    consumer = MagicMock(commit=AsyncMock())
+    window = CommitWindow(consumer, every=3, interval_s=60.0)
+    await window.add([_record("a", 0, 5)])
+    await window.add([_record("a", 1, 2), _record("a", 0, 6)])
+    consumer.commit.assert_not_called()
+    await window.add([_record("a", 0, 7)])
+    consumer.commit.assert_awaited_once_with({TopicPartition("a", 0): 8, TopicPartition("a", 1): 3})
+    await window.flush()  # nothing pending: no empty commit
+    assert consumer.commit.await_count == 1
+
+    timed = CommitWindow(consumer, every=100, interval_s=0.02)
+    await timed.add([_record("a", 0, 9)])
+    for _ in range(200):  # polled, generous deadline (~2 s)
+        if consumer.commit.await_count == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert consumer.commit.await_args_list[-1] == call({TopicPartition("a", 0): 10})
+
+
+async def test_coalesced_commits_are_flushed_before_a_redelivery_seek(sink: _Sink, sleeps: _Sleeps) -> None:
+    policy = RetryPolicy(sleep=sleeps, redelivery_delay_s=0.0)
+    routing = ErrorRoutingMiddleware(policy=policy, service=SERVICE, dead_letter=sink, commit_every=10)
+    broker = KafkaBroker(middlewares=(routing,), ack_policy=AckPolicy.MANUAL)
+    subscriber = broker.subscriber(TOPIC, group_id="g")
+    order: list[str] = []
+
+    @subscriber
+    async def handle(body: dict[str, Any]) -> None:
+        if body.get("later"):
+            raise RedeliveryRequested("redis down")
+
+    consumer = MagicMock()
+    consumer.commit = AsyncMock(side_effect=lambda offsets: order.append(f"commit {offsets}"))
+    consumer.seek = MagicMock(side_effect=lambda tp, offset: order.append(f"seek {tp.partition}@{offset}"))
+    async with TestKafkaBroker(broker):
+        for offset, body in ((1, b"{}"), (2, b"{}"), (3, b'{"later": 1}')):
+            record = _record(TOPIC, 0, offset)
+            record.value = body
+            record.consumer = consumer  # type: ignore[attr-defined]
+            await subscriber.process_message(record)
+        assert order == [f"commit {{{TopicPartition(TOPIC, 0)!r}: 3}}", "seek 0@3"]
+        await routing.close()
+    assert len(order) == 2, "nothing left pending after the flush"
