@@ -55,11 +55,14 @@ def enhanced_stack(
     tracer_provider: TracerProvider | None = None,
     prometheus_port: int | None = None,
     dedup_namespace: str | None = None,
+    commit_every: int = 1,
+    commit_interval_s: float = 0.5,
 ) -> tuple[Any, ...]:
     """The enhanced middlewares for `KafkaBroker(middlewares=...)` / `KafkaRouter(middlewares=...)`.
 
     Dedup is included only when `redis` is given (keys namespaced by `dedup_namespace`, default
-    the service name); metrics only when `metrics` is true.
+    the service name); metrics only when `metrics` is true. `commit_every` > 1 coalesces offset
+    commits (see `ErrorRoutingMiddleware`); it is refused without dedup, which makes it safe.
     """
     if not service:
         raise ConfigError("enhanced_stack(service=...) needs the service name, got an empty string")
@@ -73,7 +76,19 @@ def enhanced_stack(
                 prometheus_port=prometheus_port,
             )
         )
-    stack.append(ErrorRoutingMiddleware(policy=policy or RetryPolicy(), service=service))
+    if commit_every > 1 and redis is None:
+        raise ConfigError(
+            f"commit_every={commit_every} coalesces commits, which is only safe with dedup (a record "
+            "whose commit was pending would run again after a crash); pass `redis=` or commit_every=1"
+        )
+    stack.append(
+        ErrorRoutingMiddleware(
+            policy=policy or RetryPolicy(),
+            service=service,
+            commit_every=commit_every,
+            commit_interval_s=commit_interval_s,
+        )
+    )
     stack.append(EnvelopeMiddleware(source=service))
     if redis is not None:
         settings = dedup or DedupSettings()

@@ -494,6 +494,9 @@ def test_enhanced_stack_order() -> None:
     ]
     with pytest.raises(ConfigError):
         enhanced_stack(service="")
+    with pytest.raises(ConfigError, match="only safe with dedup"):
+        enhanced_stack(service=SERVICE, metrics=False, commit_every=50)
+    assert enhanced_stack(service=SERVICE, redis=redis, metrics=False, commit_every=50)[0].commit_every == 50
 
 
 async def test_close_releases_the_dead_letter_sink(policy: RetryPolicy, sink: _Sink) -> None:
