@@ -18,6 +18,11 @@ tier's dedup suppresses such a second replay once the first one was processed. A
 is not a DLQ record at all (no error headers) can never be replayed: it is reported as invalid
 (the run exits "partial") and passed over, so it does not pin the partition forever; it stays
 on the DLQ topic for `dlq inspect`.
+
+Replayed records get a new timestamp (the original one is in the DLQ headers): retention and
+lag on the source topic then count from the replay. Two replays of the same DLQ topic with the
+same group must not run at the same time (partitions are assigned, not balanced by the group,
+so both would replay the same records).
 """
 
 from __future__ import annotations

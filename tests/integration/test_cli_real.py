@@ -20,7 +20,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from typer.testing import CliRunner, Result
 
-from alpha_streaming import cli
+from alpha_streaming import RedpandaSettings, cli
+from alpha_streaming._admin import connected_broker
+from alpha_streaming._dlq_tools import DlqEntry, ReplayAction, replay_dlq
 from alpha_streaming.dlq import DeadLetter, DlqHeaders
 from tests.conftest import NewTopicFactory
 
@@ -214,8 +216,10 @@ async def test_inspect_prints_error_headers_and_commits_nothing(
         ],
     )
 
-    human = await run_cli(kafka_bootstrap, "dlq", "inspect", dlq)
+    human = await run_cli(kafka_bootstrap, "dlq", "inspect", dlq, "--progress-every", "1")
     assert human.exit_code == 0, human.output
+    progress = [line for line in human.stderr.splitlines() if line.startswith("dlq inspect:")]
+    assert progress == ["dlq inspect: 1/3 records", "dlq inspect: 2/3 records", "dlq inspect: 3/3 records"]
     assert f"p1@0  key='strat:42'  from {source}[1]@41" in human.stdout
     assert "error:    orders.PriceError: price must be positive (offset 41)" in human.stdout
     assert "attempts: 3  failed-at: 2026-01-02T03:04:05+00:00  service: risk-manager" in human.stdout
@@ -389,3 +393,41 @@ async def test_records_the_broker_rejects_are_not_committed_and_exit_3(
 
     again = await run_cli(kafka_bootstrap, "dlq", "replay", dlq, "--group", group, "--dry-run")
     assert "1 records read: would replay 1" in again.stdout
+
+
+async def test_replay_as_a_plain_async_function_commits_the_replayed_prefix_across_chunks(
+    kafka_bootstrap: str,
+    kafka_admin: AIOKafkaAdminClient,
+    new_topic: NewTopicFactory,
+    producer: AIOKafkaProducer,
+    unique: Callable[[str], str],
+) -> None:
+    source, dlq = await dlq_pair(new_topic, partitions=1)
+    missing = f"{source}.gone"  # record 3's original topic does not exist: it cannot be replayed
+    originals = [Sent(0, f"k{i}".encode(), f"v{i}".encode(), original_headers(i)) for i in range(5)]
+    letters = [dead_letter(missing if i == 3 else source, 0, i) for i in range(5)]
+    await write_dlq(producer, dlq, [(0, o, letter) for o, letter in zip(originals, letters, strict=True)])
+    group = unique("fn-replay")
+    seen: list[tuple[int, ReplayAction]] = []
+
+    def on_record(entry: DlqEntry, action: ReplayAction, detail: str) -> None:
+        seen.append((entry.offset, action))
+
+    settings = RedpandaSettings(bootstrap_servers=kafka_bootstrap)
+    async with connected_broker(settings) as broker:
+        report = await replay_dlq(broker, dlq, group_id=group, chunk_size=2, on_record=on_record)
+
+    assert (report.read, report.replayed, report.failed, report.partial) == (5, 4, 1, True)
+    assert sorted(seen) == [
+        (0, ReplayAction.REPLAYED),
+        (1, ReplayAction.REPLAYED),
+        (2, ReplayAction.REPLAYED),
+        (3, ReplayAction.FAILED),
+        (4, ReplayAction.REPLAYED),
+    ]
+    assert report.failures == [f"0@3: original topic {missing!r} does not exist"]
+    # Chunks [0,1] [2,3] [4]: the prefix stops at the failed record 3 and stays there.
+    assert report.committed == {0: 3}
+    assert await committed(kafka_admin, group, dlq) == {0: 3}
+    replayed = [r.value for r in await read_all(kafka_bootstrap, kafka_admin, source)]
+    assert replayed == [b"v0", b"v1", b"v2", b"v4"]
