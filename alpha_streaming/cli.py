@@ -8,11 +8,8 @@ Results go to stdout, progress and errors to stderr; exit codes are listed in `E
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
-import os
-import sys
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any, TypeVar
 
 import pydantic
@@ -22,9 +19,12 @@ from alpha_streaming._admin import (
     TopicResult,
     TopicSpec,
     TopicStatus,
+    bootstrap_specs,
     broker_admin,
     connected_broker,
     ensure_topics,
+    service_topics,
+    topic_names,
 )
 from alpha_streaming._dlq_tools import (
     DlqEntry,
@@ -39,9 +39,11 @@ from alpha_streaming._dlq_tools import (
 )
 from alpha_streaming.errors import AlphaStreamingError, ConfigError
 from alpha_streaming.settings import RedpandaSettings
-from alpha_streaming.topics import TopicMap, dlq_topic, is_dlq_topic
+from alpha_streaming.topics import dlq_topic, is_dlq_topic
 
-__all__ = ("EXIT_CODES", "app", "main")
+# `bootstrap_specs`, `service_topics` and `topic_names` live in `_admin` (no typer needed to use
+# them); they stay importable from here, where the examples first found them.
+__all__ = ("EXIT_CODES", "app", "bootstrap_specs", "main", "service_topics", "topic_names")
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -114,62 +116,6 @@ def progress_printer(label: str) -> Callable[[int, int], None]:
 
 
 # --- topics bootstrap ------------------------------------------------------------------------
-
-
-def service_topics(spec: str) -> list[str]:
-    """The `topics` attribute of `module:attribute` (a built service, or anything listing names)."""
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigError(
-            f"--service must be module:attribute (e.g. examples.builder_service:service), got {spec!r}"
-        )
-    # Like `faststream run`, resolve modules relative to the working directory.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"--service {spec}: cannot import {module_name!r} ({exc})") from exc
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise ConfigError(f"--service {spec}: {module_name!r} has no attribute {attribute!r}")
-        target = getattr(target, part)
-    names = getattr(target, "topics", None)
-    if names is None or isinstance(names, str | bytes) or not isinstance(names, Iterable):
-        raise ConfigError(f"--service {spec}: the object has no `topics` attribute listing topic names")
-    topics = [str(name) for name in names]
-    if not topics:
-        raise ConfigError(f"--service {spec}: its `topics` list is empty")
-    return topics
-
-
-def topic_names(brokers: Iterable[str], topics: Iterable[str], services: Iterable[str]) -> list[str]:
-    """Distinct topic names, in order: each broker's `TopicMap(...).all()`, then topics, then services."""
-    names = [name for broker in brokers for name in TopicMap(broker).all()]
-    names += topics
-    names += [name for spec in services for name in service_topics(spec)]
-    return list(dict.fromkeys(names))
-
-
-def bootstrap_specs(
-    topics: Iterable[str],
-    *,
-    partitions: int,
-    replication_factor: int,
-    retention_ms: int | None,
-    dlq_retention_ms: int | None,
-    with_dlq: bool,
-) -> list[TopicSpec]:
-    """Each topic followed by its `.dlq` twin (same partition count, so a replay keeps partitions)."""
-    specs: list[TopicSpec] = []
-    for name in dict.fromkeys(topics):
-        config = {"retention.ms": str(retention_ms)} if retention_ms is not None else {}
-        specs.append(TopicSpec(name, partitions, replication_factor, config))
-        if with_dlq and not is_dlq_topic(name):
-            dlq_retention = dlq_retention_ms if dlq_retention_ms is not None else retention_ms
-            dlq_config = {"retention.ms": str(dlq_retention)} if dlq_retention is not None else {}
-            specs.append(TopicSpec(dlq_topic(name), partitions, replication_factor, dlq_config))
-    return specs
 
 
 def format_topic_result(result: TopicResult) -> str:
