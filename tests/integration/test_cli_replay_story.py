@@ -25,6 +25,7 @@ from alpha_streaming import EventEnvelope, RedpandaSettings
 from alpha_streaming.broker import make_broker
 from alpha_streaming.errors import PermanentError
 from middlewares import CurrentEnvelope, enhanced_stack
+from middlewares.stack import close_stack
 from tests.conftest import NewTopicFactory
 
 DEADLINE_S = 60.0
@@ -86,10 +87,9 @@ async def test_fix_the_bug_replay_and_the_event_is_processed_once(
     calls: list[str] = []
     processed: list[str] = []
 
+    stack = enhanced_stack(service=service, redis=redis_client, metrics=False)
     broker = make_broker(
-        RedpandaSettings(bootstrap_servers=kafka_bootstrap),
-        middlewares=enhanced_stack(service=service, redis=redis_client, metrics=False),
-        ack_policy=AckPolicy.MANUAL,
+        RedpandaSettings(bootstrap_servers=kafka_bootstrap), middlewares=stack, ack_policy=AckPolicy.MANUAL
     )
 
     @broker.subscriber(
@@ -105,53 +105,58 @@ async def test_fix_the_bug_replay_and_the_event_is_processed_once(
         processed.append(envelope.id)
 
     event = EventEnvelope.create(type="order.filled", data={"qty": "1.5"}, source="test", key="strat:7")
-    async with broker:
-        await broker.start()
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all")
-        await producer.start()
-        try:
-            await producer.send_and_wait(
-                source,
-                key=b"strat:7",
-                value=event.to_bytes(),
-                headers=[(k, v.encode()) for k, v in event.headers().items()],
+    try:
+        async with broker:
+            await broker.start()
+            producer = AIOKafkaProducer(
+                bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all"
             )
-        finally:
-            await producer.stop()
+            await producer.start()
+            try:
+                await producer.send_and_wait(
+                    source,
+                    key=b"strat:7",
+                    value=event.to_bytes(),
+                    headers=[(k, v.encode()) for k, v in event.headers().items()],
+                )
+            finally:
+                await producer.stop()
 
-        # The bug dead-letters the event (permanent: no retries) and its offset is committed.
-        async def dead_lettered() -> bool:
-            return await end_offset(kafka_bootstrap, dlq) == 1 and (
-                await committed(kafka_admin, group, source) == 1
-            )
+            # The bug dead-letters the event (permanent: no retries) and its offset is committed.
+            async def dead_lettered() -> bool:
+                return await end_offset(kafka_bootstrap, dlq) == 1 and (
+                    await committed(kafka_admin, group, source) == 1
+                )
 
-        await eventually(dead_lettered, "the event was dead-lettered and its offset committed")
-        assert calls == [event.id] and processed == []
+            await eventually(dead_lettered, "the event was dead-lettered and its offset committed")
+            assert calls == [event.id] and processed == []
 
-        # `dlq inspect` reads the error routing's headers: the class and message of the bug.
-        inspected = await alpha_streaming("dlq", "inspect", dlq, "--json", "-b", kafka_bootstrap)
-        (row,) = [json.loads(line) for line in inspected.splitlines()]
-        assert row["error"] == "alpha_streaming.errors.PermanentError"
-        assert row["message"].startswith("bug: cannot handle")
-        assert (row["original_topic"], row["original_offset"], row["key"]) == (source, 0, "strat:7")
+            # `dlq inspect` reads the error routing's headers: the class and message of the bug.
+            inspected = await alpha_streaming("dlq", "inspect", dlq, "--json", "-b", kafka_bootstrap)
+            (row,) = [json.loads(line) for line in inspected.splitlines()]
+            assert row["error"] == "alpha_streaming.errors.PermanentError"
+            assert row["message"].startswith("bug: cannot handle")
+            assert (row["original_topic"], row["original_offset"], row["key"]) == (source, 0, "strat:7")
 
-        bug["present"] = False
-        out = await replay(kafka_bootstrap, dlq, unique("replay"))
-        assert "replayed 1" in out
+            bug["present"] = False
+            out = await replay(kafka_bootstrap, dlq, unique("replay"))
+            assert "replayed 1" in out
 
-        async def handled_replay() -> bool:
-            return await committed(kafka_admin, group, source) == 2
+            async def handled_replay() -> bool:
+                return await committed(kafka_admin, group, source) == 2
 
-        await eventually(handled_replay, "the replayed event was consumed and committed")
-        assert processed == [event.id]
+            await eventually(handled_replay, "the replayed event was consumed and committed")
+            assert processed == [event.id]
 
-        # Replaying the same DLQ record again (a fresh replay group) is suppressed by dedup.
-        again = await replay(kafka_bootstrap, dlq, unique("replay"))
-        assert "replayed 1" in again
+            # Replaying the same DLQ record again (a fresh replay group) is suppressed by dedup.
+            again = await replay(kafka_bootstrap, dlq, unique("replay"))
+            assert "replayed 1" in again
 
-        async def handled_second_replay() -> bool:
-            return await committed(kafka_admin, group, source) == 3
+            async def handled_second_replay() -> bool:
+                return await committed(kafka_admin, group, source) == 3
 
-        await eventually(handled_second_replay, "the second replay was consumed and committed")
-        assert processed == [event.id], "the event was processed more than once"
-        assert calls == [event.id, event.id], "the duplicate reached the handler"
+            await eventually(handled_second_replay, "the second replay was consumed and committed")
+            assert processed == [event.id], "the event was processed more than once"
+            assert calls == [event.id, event.id], "the duplicate reached the handler"
+    finally:
+        await close_stack(stack)  # the DLQ writer's own producer
