@@ -127,11 +127,16 @@ class StreamServiceBuilder:
         producer = ServiceProducer(broker, source=self._name) if self._producer_topics is not None else None
         for consumer, spec in zip(self._consumers, specs, strict=True):
             handler = legacy_adapter(spec.func) if spec.kind is HandlerKind.LEGACY else spec.func
+            poll = self._settings.consumer
             subscriber = broker.subscriber(
                 *(Topic(t, declare=False) for t in consumer.topics),
                 group_id=self._config.group_id(consumer.group_id),
                 auto_offset_reset="earliest",
                 ack_policy=AckPolicy.MANUAL,
+                max_poll_interval_ms=poll.max_poll_interval_ms,
+                session_timeout_ms=poll.session_timeout_ms,
+                heartbeat_interval_ms=poll.heartbeat_interval_ms,
+                max_poll_records=poll.max_poll_records,
             )
             subscriber(handler)
         for topic in self._producer_topics or ():
@@ -167,6 +172,13 @@ class StreamServiceBuilder:
                 "deduplication is enabled (settings.dedup.enabled) but no Redis client was given: "
                 "call .with_redis(redis.asyncio.Redis.from_url(settings.redis_url)) "
                 "or set ALPHA_DEDUP__ENABLED=false"
+            )
+        commit_every = self._settings.consumer.commit_every
+        if commit_every > 1 and not (self._settings.dedup.enabled and self._redis is not None):
+            problems.append(
+                f"settings.consumer.commit_every={commit_every} coalesces commits, which is only safe "
+                "with dedup (a record whose commit was pending would run again after a crash): "
+                "enable dedup with .with_redis(...) or set ALPHA_CONSUMER__COMMIT_EVERY=1"
             )
         if not self._consumers and self._producer_topics is None:
             problems.append("the service does nothing: add_consumer_handler(...) and/or add_producer()")
@@ -218,6 +230,8 @@ class StreamServiceBuilder:
             meter_provider=metrics.meter_provider if metrics else None,
             tracer_provider=metrics.tracer_provider if metrics else None,
             prometheus_port=metrics.prometheus_port if metrics else None,
+            commit_every=self._settings.consumer.commit_every,
+            commit_interval_s=self._settings.consumer.commit_interval_s,
         )
         activity = ActivityProbe()
         broker = make_broker(

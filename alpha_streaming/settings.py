@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from alpha_streaming.errors import ConfigError
 
 __all__ = (
+    "ConsumerSettings",
     "DedupSettings",
     "MetricsSettings",
     "RedpandaSettings",
@@ -114,13 +115,38 @@ class RetrySettings(BaseModel):
     max_delay_s: float = Field(default=30.0, ge=0)
 
 
+class ConsumerSettings(BaseModel):
+    """How the builder's subscribers poll and commit (aiokafka's defaults unless set).
+
+    `commit_every` > 1 coalesces offset commits (flushed after that many outcomes, after
+    `commit_interval_s`, before any seek, on partition revoke and on shutdown). It needs dedup:
+    records whose commit was pending when a process died come again and are skipped as done.
+    """
+
+    max_poll_interval_ms: int = Field(default=300_000, gt=0)
+    session_timeout_ms: int = Field(default=10_000, gt=0)
+    heartbeat_interval_ms: int = Field(default=3_000, gt=0)
+    max_poll_records: int | None = Field(default=None, gt=0)
+    commit_every: int = Field(default=1, ge=1)
+    commit_interval_s: float = Field(default=0.5, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> ConsumerSettings:
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ConfigError(
+                f"consumer.heartbeat_interval_ms={self.heartbeat_interval_ms} must be below "
+                f"session_timeout_ms={self.session_timeout_ms} (Kafka advises a third of it)"
+            )
+        return self
+
+
 class MetricsSettings(BaseModel):
     enabled: bool = True
     prometheus_port: int | None = Field(default=None, ge=0, le=65535)
 
 
 class Settings(BaseSettings):
-    """Service-wide settings: Kafka connection, Redis, dedup, retries and metrics."""
+    """Service-wide settings: Kafka connection, Redis, dedup, retries, consumers and metrics."""
 
     model_config = SettingsConfigDict(env_prefix="ALPHA_", env_nested_delimiter="__", extra="forbid")
 
@@ -132,6 +158,7 @@ class Settings(BaseSettings):
     )
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
+    consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @field_validator("redis_url")

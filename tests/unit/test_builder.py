@@ -226,3 +226,50 @@ def test_metrics_only_with_with_metrics_and_error_routing_always() -> None:
     measured = builder().with_error_handling().add_producer().with_metrics().build()
     assert MetricsMiddleware in kinds(measured)
     assert ErrorRoutingMiddleware in kinds(measured)
+
+
+def test_consumer_settings_reach_the_subscribers_and_the_commit_window() -> None:
+    from redis.asyncio import Redis
+
+    from alpha_streaming.settings import ConsumerSettings
+    from middlewares.error_routing import ErrorRoutingMiddleware
+
+    poll = ConsumerSettings(
+        max_poll_interval_ms=4_000,
+        session_timeout_ms=6_000,
+        heartbeat_interval_ms=1_000,
+        max_poll_records=50,
+        commit_every=100,
+        commit_interval_s=0.2,
+    )
+    service = (
+        StreamServiceBuilder("risk-manager", CONFIG, Settings(consumer=poll))
+        .with_redis(Redis())  # never connected: build() only wires
+        .add_consumer_handler(topics=["a.b.c"], group_id="g", handler_func=legacy)
+        .build()
+    )
+    (subscriber,) = service.broker.subscribers
+    args = subscriber._connection_args  # type: ignore[attr-defined]
+    assert (args["max_poll_interval_ms"], args["session_timeout_ms"]) == (4_000, 6_000)
+    assert (args["heartbeat_interval_ms"], args["max_poll_records"]) == (1_000, 50)
+    (routing,) = [m for m in service.broker.middlewares if isinstance(m, ErrorRoutingMiddleware)]
+    assert (routing.commit_every, routing.commit_interval_s) == (100, 0.2)
+
+
+def test_coalesced_commits_without_dedup_are_refused_at_build() -> None:
+    from alpha_streaming.settings import ConsumerSettings
+
+    settings = Settings(dedup=DedupSettings(enabled=False), consumer=ConsumerSettings(commit_every=50))
+    message = build_error(
+        StreamServiceBuilder("risk-manager", CONFIG, settings).add_consumer_handler(
+            topics=["a.b.c"], group_id="g", handler_func=legacy
+        )
+    )
+    assert "ALPHA_CONSUMER__COMMIT_EVERY=1" in message
+
+
+def test_heartbeat_must_be_below_session_timeout() -> None:
+    from alpha_streaming.settings import ConsumerSettings
+
+    with pytest.raises(ValueError, match="heartbeat_interval_ms=10000 must be below"):
+        ConsumerSettings(heartbeat_interval_ms=10_000, session_timeout_ms=10_000)
