@@ -24,9 +24,9 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from alpha_streaming import EventEnvelope, Settings, TopicMap
-from alpha_streaming._admin import broker_admin, connected_broker, ensure_topics
+from alpha_streaming.admin import broker_admin, connected_broker, ensure_topics
 from alpha_streaming.broker import make_broker
-from alpha_streaming.cli import bootstrap_specs
+from alpha_streaming.topic_selection import bootstrap_specs
 from examples.trading_pipeline.models import OrderFilled, Side
 from middlewares import CurrentBrokerContext, CurrentEnvelope, enhanced_stack
 

@@ -10,8 +10,8 @@
    envelope), a venue that times out twice (transient: retried), and an instrument missing
    from the reference data (permanent: dead-lettered).
 3. Waits until every consumer group has committed up to the log end, adds the missing
-   instrument, replays its dead letters with the CLI's replay function, waits again, and
-   stops the orchestrator gracefully.
+   instrument, replays its dead letters with `alpha_streaming.dlq_replay` (what the CLI's
+   `dlq replay` runs), waits again, and stops the orchestrator gracefully.
 4. Reads everything back (topics, consumer-group offsets, the services' OpenTelemetry
    metrics, Redis) and prints the report. Exit status 0 when nothing was lost or doubled,
    1 with the reasons otherwise, 2 when the demo could not run at all.
@@ -38,12 +38,13 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from redis.asyncio import Redis
 
 from alpha_streaming import RedpandaProducer, RedpandaSettings, ServiceOrchestrator, Settings
-from alpha_streaming._admin import broker_admin, connected_broker, ensure_topics
-from alpha_streaming._dlq_tools import parse_filters, replay_dlq
-from alpha_streaming.cli import bootstrap_specs
+from alpha_streaming.admin import broker_admin, connected_broker, ensure_topics
+from alpha_streaming.dlq_filters import parse_filters
+from alpha_streaming.dlq_replay import replay_dlq
 from alpha_streaming.errors import InfrastructureError
 from alpha_streaming.ids import uuid7
 from alpha_streaming.settings import DedupSettings
+from alpha_streaming.topic_selection import bootstrap_specs
 from alpha_streaming.topics import TopicMap, dlq_topic
 from examples.trading_pipeline import wire
 from examples.trading_pipeline.feed import BASE_PRICES, UNLISTED_TOKEN, FeedPlan, MarketFeed

@@ -6,7 +6,6 @@ services' metrics and Redis), never from counters kept by the demo script itself
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -14,8 +13,10 @@ from functools import cached_property
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from alpha_streaming.admin import topic_partitions
 from alpha_streaming.envelope import EventEnvelope
 from alpha_streaming.errors import EnvelopeError
+from alpha_streaming.log_reader import StoredRecord, read_bounded
 
 __all__ = (
     "Offsets",
@@ -31,22 +32,8 @@ Offsets = dict[TopicPartition, int]
 
 
 @dataclass(frozen=True)
-class WireRecord:
-    """One record as it is stored on the broker."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value.decode("utf-8", "replace")
-        return None
+class WireRecord(StoredRecord):
+    """One record as it is stored on the broker, with its envelope decoded on demand."""
 
     @cached_property
     def envelope(self) -> EventEnvelope | None:
@@ -65,10 +52,9 @@ async def partitions_of(bootstrap: str, topics: Iterable[str]) -> list[TopicPart
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        described = await admin.describe_topics(names)
+        counts = await topic_partitions(admin, names)
     finally:
         await admin.close()
-    counts = {d["topic"]: len(d.get("partitions") or ()) for d in described if not d.get("error_code")}
     missing = [name for name in names if not counts.get(name)]
     if missing:
         raise LookupError(f"topics do not exist on the broker: {', '.join(missing)}")
@@ -87,9 +73,7 @@ async def end_offsets(bootstrap: str, topics: Iterable[str]) -> Offsets:
         await consumer.stop()
 
 
-async def read_range(
-    bootstrap: str, start: Offsets, end: Offsets, *, timeout_s: float = 30.0
-) -> list[WireRecord]:
+async def read_range(bootstrap: str, start: Offsets, end: Offsets) -> list[WireRecord]:
     """Every record from `start` (inclusive) to `end` (exclusive), per partition, in offset order."""
     wanted = {tp: (start.get(tp, 0), stop) for tp, stop in end.items() if stop > start.get(tp, 0)}
     if not wanted:
@@ -98,40 +82,14 @@ async def read_range(
         bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
     )
     await consumer.start()
-    records: list[WireRecord] = []
     try:
         consumer.assign(list(wanted))
         for tp, (first, _) in wanted.items():
             consumer.seek(tp, first)
-        remaining = set(wanted)
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while remaining:
-            if asyncio.get_running_loop().time() > deadline:
-                missing = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(remaining))
-                raise TimeoutError(f"could not read up to the end offsets of {missing} in {timeout_s} s")
-            batch = await consumer.getmany(*remaining, timeout_ms=500)
-            for tp, raw_records in batch.items():
-                stop = wanted[tp][1]
-                records.extend(
-                    WireRecord(
-                        topic=r.topic,
-                        partition=r.partition,
-                        offset=r.offset,
-                        timestamp_ms=r.timestamp,
-                        key=r.key,
-                        value=r.value,
-                        headers=tuple(r.headers),
-                    )
-                    for r in raw_records
-                    if r.offset < stop
-                )
-            for tp in list(remaining):
-                if await consumer.position(tp) >= wanted[tp][1]:
-                    remaining.discard(tp)
-                    consumer.pause(tp)
+        stops = {tp: stop for tp, (_, stop) in wanted.items()}
+        return [WireRecord.from_record(record) async for record in read_bounded(consumer, ends=stops)]
     finally:
         await consumer.stop()
-    return records
 
 
 async def seed_group(bootstrap: str, group_id: str, offsets: Offsets) -> None:

@@ -13,15 +13,13 @@ import pytest
 from typer.testing import CliRunner
 
 from alpha_streaming import cli
-from alpha_streaming._dlq_tools import (
-    DlqEntry,
-    matches_all,
-    parse_filters,
-    preview,
-    replay_headers,
-)
+from alpha_streaming.cli.dlq_commands import format_entry
 from alpha_streaming.dlq import DeadLetter, DlqHeaders
+from alpha_streaming.dlq_filters import matches_all, parse_filters
+from alpha_streaming.dlq_reader import DlqEntry, preview
+from alpha_streaming.dlq_replay import replay_headers
 from alpha_streaming.errors import ConfigError
+from alpha_streaming.topic_selection import bootstrap_specs, service_topics, topic_names
 from alpha_streaming.topics import TopicMap
 
 runner = CliRunner()
@@ -54,6 +52,7 @@ def entry(
     original = headers if headers is not None else [("x-event-type", b"order.filled")]
     all_headers = original + (letter.headers() if letter else [])
     return DlqEntry(
+        topic="paper.orders.filled.dlq",
         partition=1,
         offset=7,
         timestamp_ms=1,
@@ -157,7 +156,7 @@ def test_topic_names_from_brokers_topics_and_services_in_order_without_repeats(t
     )
     sys.path.insert(0, str(tmp_path))
     try:
-        names = cli.topic_names(["paper", "zerodha"], ["own.topic"], ["svc_mod_for_cli:service"])
+        names = topic_names(["paper", "zerodha"], ["own.topic"], ["svc_mod_for_cli:service"])
     finally:
         sys.path.remove(str(tmp_path))
     expected = [*TopicMap("paper").all(), *TopicMap("zerodha").all()[1:], "own.topic", "svc.extra"]
@@ -176,7 +175,7 @@ def test_topic_names_from_brokers_topics_and_services_in_order_without_repeats(t
 )
 def test_service_spec_errors_say_what_is_wrong(spec: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        cli.service_topics(spec)
+        service_topics(spec)
 
 
 def test_service_with_bad_spec_exits_1() -> None:
@@ -186,7 +185,7 @@ def test_service_with_bad_spec_exits_1() -> None:
 
 
 def test_every_topic_gets_a_dlq_twin_with_the_same_partitions() -> None:
-    specs = cli.bootstrap_specs(
+    specs = bootstrap_specs(
         ["a.b.c", "x.y.dlq"],
         partitions=4,
         replication_factor=1,
@@ -202,11 +201,11 @@ def test_every_topic_gets_a_dlq_twin_with_the_same_partitions() -> None:
 
 
 def test_dlq_retention_and_no_dlq_options() -> None:
-    specs = cli.bootstrap_specs(
+    specs = bootstrap_specs(
         ["a.b.c"], partitions=1, replication_factor=1, retention_ms=None, dlq_retention_ms=-1, with_dlq=True
     )
     assert [(s.name, dict(s.config)) for s in specs] == [("a.b.c", {}), ("a.b.c.dlq", {"retention.ms": "-1"})]
-    only = cli.bootstrap_specs(
+    only = bootstrap_specs(
         ["a.b.c"],
         partitions=1,
         replication_factor=1,
@@ -260,7 +259,7 @@ def test_preview_escapes_and_truncates() -> None:
 
 
 def test_human_format_shows_the_error_headers() -> None:
-    text = cli.format_entry(entry(letter=dead_letter()))
+    text = format_entry(entry(letter=dead_letter()))
     assert "p1@7  key='strat:42'  from paper.orders.filled[2]@41" in text
     assert "error:    orders.errors.PriceError: price must be positive" in text
     assert "second line" not in text  # first line of the message only
@@ -272,7 +271,7 @@ def test_human_format_shows_the_error_headers() -> None:
 
 
 def test_human_format_of_a_record_that_is_not_a_dead_letter() -> None:
-    text = cli.format_entry(entry(letter=None, key=None, value=b"\xff junk"))
+    text = format_entry(entry(letter=None, key=None, value=b"\xff junk"))
     assert "p1@7  key=None  NOT A DLQ RECORD (not a dead-letter record: missing header)" in text
     assert "value:    \\xff junk" in text
 

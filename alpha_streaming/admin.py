@@ -1,23 +1,21 @@
 """Topic administration: create topics idempotently and read partition counts.
 
-Shared by the CLI (`topics bootstrap`, `dlq replay`) and anything else that must make sure a
-topic exists before writing to it (the cluster has topic auto-creation off). The admin client
-comes from a connected FastStream `KafkaBroker` (`broker_admin`), so the connection settings
-(bootstrap servers, client id, security) are the one set built by `make_broker`.
+Shared by the CLI (`topics bootstrap`, `dlq replay`), the DLQ tools, the demo, and anything else
+that must make sure a topic exists before writing to it (the cluster has topic auto-creation
+off). The admin client comes from a connected FastStream `KafkaBroker` (`broker_admin`), so the
+connection settings (bootstrap servers, client id, security) are the one set built by
+`make_broker`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import os
-import sys
 import traceback
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as ak
@@ -26,7 +24,6 @@ from aiokafka.admin import NewTopic
 from alpha_streaming.broker import make_broker
 from alpha_streaming.errors import ConfigError, KafkaClientError
 from alpha_streaming.settings import RedpandaSettings
-from alpha_streaming.topics import TopicMap, dlq_topic, is_dlq_topic
 
 if TYPE_CHECKING:
     from aiokafka.admin import AIOKafkaAdminClient
@@ -36,13 +33,10 @@ __all__ = (
     "TopicResult",
     "TopicSpec",
     "TopicStatus",
-    "bootstrap_specs",
     "broker_admin",
     "connected_broker",
     "describe_error",
     "ensure_topics",
-    "service_topics",
-    "topic_names",
     "topic_partitions",
 )
 
@@ -246,62 +240,3 @@ async def _wait_visible(admin: AIOKafkaAdminClient, specs: Mapping[str, TopicSpe
                 f"topics {pending} were created but are not in the broker's metadata after {timeout_s:.0f} s"
             )
         await asyncio.sleep(0.05)
-
-
-# --- which topics: broker namespaces, explicit names, services ----------------------------
-
-
-def service_topics(spec: str) -> list[str]:
-    """The `topics` attribute of `module:attribute` (a built service, or anything listing names)."""
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigError(
-            f"--service must be module:attribute (e.g. examples.builder_service:service), got {spec!r}"
-        )
-    # Like `faststream run`, resolve modules relative to the working directory.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"--service {spec}: cannot import {module_name!r} ({exc})") from exc
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise ConfigError(f"--service {spec}: {module_name!r} has no attribute {attribute!r}")
-        target = getattr(target, part)
-    names = getattr(target, "topics", None)
-    if names is None or isinstance(names, str | bytes) or not isinstance(names, Iterable):
-        raise ConfigError(f"--service {spec}: the object has no `topics` attribute listing topic names")
-    topics = [str(name) for name in names]
-    if not topics:
-        raise ConfigError(f"--service {spec}: its `topics` list is empty")
-    return topics
-
-
-def topic_names(brokers: Iterable[str], topics: Iterable[str], services: Iterable[str]) -> list[str]:
-    """Distinct topic names, in order: each broker's `TopicMap(...).all()`, then topics, then services."""
-    names = [name for broker in brokers for name in TopicMap(broker).all()]
-    names += topics
-    names += [name for spec in services for name in service_topics(spec)]
-    return list(dict.fromkeys(names))
-
-
-def bootstrap_specs(
-    topics: Iterable[str],
-    *,
-    partitions: int,
-    replication_factor: int,
-    retention_ms: int | None,
-    dlq_retention_ms: int | None,
-    with_dlq: bool,
-) -> list[TopicSpec]:
-    """Each topic followed by its `.dlq` twin (same partition count, so a replay keeps partitions)."""
-    specs: list[TopicSpec] = []
-    for name in dict.fromkeys(topics):
-        config = {"retention.ms": str(retention_ms)} if retention_ms is not None else {}
-        specs.append(TopicSpec(name, partitions, replication_factor, config))
-        if with_dlq and not is_dlq_topic(name):
-            dlq_retention = dlq_retention_ms if dlq_retention_ms is not None else retention_ms
-            dlq_config = {"retention.ms": str(dlq_retention)} if dlq_retention is not None else {}
-            specs.append(TopicSpec(dlq_topic(name), partitions, replication_factor, dlq_config))
-    return specs
