@@ -12,26 +12,15 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any, Self
+from typing import Self
 
 from faststream._internal.application import Application
-from faststream.kafka import KafkaBroker
 
 from alpha_streaming.errors import ClientStateError, ConfigError
-from alpha_streaming.health import (
-    DEFAULT_STALE_AFTER_S,
-    ActivityProbe,
-    HealthReport,
-    HealthServer,
-    ServiceHealth,
-    probe_broker,
-)
+from alpha_streaming.health import DEFAULT_STALE_AFTER_S, HealthReport
+from alpha_streaming.health_server import HealthServer
 from alpha_streaming.service import StreamService
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
+from alpha_streaming.supervised_app import SupervisedApp, verify_enhanced_app
 
 __all__ = ("ServiceOrchestrator",)
 
@@ -39,110 +28,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GRACEFUL_TIMEOUT_S = 30.0
 SUPERVISE_INTERVAL_S = 1.0
-
-
-class _Unit:
-    """One supervised FastStream app: a built service's app, or a user's own."""
-
-    def __init__(
-        self,
-        name: str,
-        app: Application,
-        *,
-        start: Callable[[], Awaitable[None]],
-        stop: Callable[[], Awaitable[None]],
-        redis: Redis | None = None,
-        activity: ActivityProbe | None = None,
-    ) -> None:
-        self.name, self.app = name, app
-        self._start, self._stop = start, stop
-        self.redis, self.activity = redis, activity
-        self.started = False
-        self.restarts: dict[int, int] = {}
-        self._lifespan = AsyncExitStack()
-
-    @property
-    def brokers(self) -> list[KafkaBroker]:
-        return [b for b in self.app.brokers if isinstance(b, KafkaBroker)]
-
-    async def start(self) -> None:
-        await self._lifespan.enter_async_context(self.app.lifespan_context())
-        await self._start()
-        self.started = True
-
-    async def stop(self) -> None:
-        self.started = False
-        try:
-            await self._stop()
-        finally:
-            await self._lifespan.aclose()
-
-    async def health(self, stale_after_s: float, *, network: bool = True) -> ServiceHealth:
-        snapshots = [
-            await probe_broker(
-                self.name,
-                broker,
-                started=self.started,
-                redis=self.redis,
-                activity=self.activity,
-                restarts=self.restarts,
-                stale_after_s=stale_after_s,
-                network=network,
-            )
-            for broker in self.brokers
-        ]
-        if not snapshots:
-            return ServiceHealth(self.name, self.started, self.started, None, stale_after_s=stale_after_s)
-        first = snapshots[0]
-        return ServiceHealth(
-            self.name,
-            first.started,
-            all(s.broker_connected for s in snapshots),
-            first.redis_reachable,
-            tuple(sub for s in snapshots for sub in s.subscribers),
-            stale_after_s,
-        )
-
-    async def revive_dead_loops(self) -> None:
-        """Restart a subscriber whose consume loop ended while the app still runs."""
-        for broker in self.brokers:
-            sub: Any
-            for sub in broker.subscribers:
-                if not (self.started and sub.running and sub.calls and sub.tasks):
-                    continue
-                if any(not task.done() for task in sub.tasks):
-                    continue
-                reasons = [_task_outcome(task) for task in sub.tasks]
-                self.restarts[id(sub)] = self.restarts.get(id(sub), 0) + 1
-                log.error(
-                    "%s: consume loop of %s ended (%s); restarting the subscriber (restart #%d)",
-                    self.name,
-                    ",".join(sub.topic_names),
-                    "; ".join(reasons),
-                    self.restarts[id(sub)],
-                )
-                # A full stop/start: the loop may have ended because its consumer stopped.
-                await sub.stop()
-                await sub.start()
-
-
-def _verify_enhanced(app: Application) -> None:
-    """A plain app that uses error routing must run it under MANUAL acks, or it loses events."""
-    from middlewares.error_routing import ErrorRoutingMiddleware
-    from middlewares.stack import verify_enhanced_broker
-
-    for broker in app.brokers:
-        if isinstance(broker, KafkaBroker) and any(
-            isinstance(m, ErrorRoutingMiddleware) for m in broker.middlewares
-        ):
-            verify_enhanced_broker(broker)
-
-
-def _task_outcome(task: asyncio.Task[Any]) -> str:
-    if task.cancelled():
-        return "cancelled"
-    exc = task.exception()
-    return f"{type(exc).__name__}: {exc}" if exc else "returned"
 
 
 class ServiceOrchestrator:
@@ -167,7 +52,7 @@ class ServiceOrchestrator:
     ) -> None:
         if graceful_timeout <= 0:
             raise ConfigError(f"graceful_timeout must be > 0 seconds, got {graceful_timeout}")
-        self._units: list[_Unit] = []
+        self._units: list[SupervisedApp] = []
         self._graceful_timeout = graceful_timeout
         self._stale_after_s = stale_after_s
         self._supervise_interval_s = supervise_interval_s
@@ -188,7 +73,7 @@ class ServiceOrchestrator:
         if self._running:
             raise ClientStateError("add services before start(); the orchestrator is running")
         if isinstance(unit, StreamService):
-            entry = _Unit(
+            entry = SupervisedApp(
                 name or unit.name,
                 unit.app,
                 start=unit.start,
@@ -197,8 +82,10 @@ class ServiceOrchestrator:
                 activity=unit.activity,
             )
         elif isinstance(unit, Application):
-            _verify_enhanced(unit)
-            entry = _Unit(name or f"app-{len(self._units) + 1}", unit, start=unit.start, stop=unit.stop)
+            verify_enhanced_app(unit)
+            entry = SupervisedApp(
+                name or f"app-{len(self._units) + 1}", unit, start=unit.start, stop=unit.stop
+            )
         else:
             raise ConfigError(
                 f"cannot orchestrate {type(unit).__name__}; pass a built service "
