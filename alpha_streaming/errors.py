@@ -16,7 +16,7 @@ Every error alpha-streaming raises on purpose.
         └── TransientError                may succeed later: retry with backoff
             ├── InfrastructureError       a dependency (DB, Redis, HTTP) is down
             ├── RateLimitError            an upstream asked us to slow down
-            └── AuthenticationError       credentials refused (one attempt by default)
+            └── AuthenticationError       credentials refused (one attempt by default: no retry)
 
 `retriable` is a class flag, read by `middlewares.ErrorRoutingMiddleware` through the MRO;
 the retry budget of each family lives in `middlewares.RetryPolicy`.
@@ -112,4 +112,9 @@ class RateLimitError(TransientError):
 
 
 class AuthenticationError(TransientError):
-    """Credentials were refused; retried once in case they were being rotated."""
+    """Credentials were refused.
+
+    A `TransientError` (refused credentials can be rotated), but the default `RetryPolicy` gives it
+    one attempt: dead-lettered at once, no retry. `RetryPolicy().with_rule(AuthenticationError,
+    Budget(...))` buys retries while a rotation is expected.
+    """
