@@ -63,12 +63,38 @@ def host_port(address: str, default_port: int) -> tuple[str, int]:
 
 
 def docker_answers() -> bool:
+    """A Docker engine answers a ping (testcontainers needs one).
+
+    The engine's socket is probed with a socket we close ourselves first: docker-py never closes
+    the socket of a failed connect, and its ResourceWarning would fail whichever test the garbage
+    collector happens to run in (pytest turns warnings into errors).
+    """
+    docker_host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if docker_host.startswith("unix://"):
+        if not unix_socket_answers(docker_host.removeprefix("unix://")):
+            return False
+    elif not answers(*host_port(docker_host, 2375)):
+        return False
     try:
         import docker
 
-        docker.from_env(timeout=3).ping()
+        client = docker.from_env(timeout=3)
+        try:
+            client.ping()
+        finally:
+            client.close()
     except Exception:
         return False
+    return True
+
+
+def unix_socket_answers(path: str, timeout: float = 2.0) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
     return True
 
 
