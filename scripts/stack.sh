@@ -2,14 +2,17 @@
 # Local infrastructure without Docker: a real Apache Kafka (single-node KRaft, jars from Maven
 # Central, run with the machine's Java 17) and a real Redis (Debian's redis-server).
 #
-#   scripts/stack.sh up       start what is not running yet (idempotent), wait until it answers
-#   scripts/stack.sh down     stop what this script started
-#   scripts/stack.sh status   say what answers where
+#   scripts/stack.sh up [kafka|redis]     start what is not running yet (idempotent), wait until it answers
+#   scripts/stack.sh down [kafka|redis]   stop what this script started (both, or the one named)
+#   scripts/stack.sh status               say what answers where
 #
 # Endpoints: KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092) and REDIS_URL
 # (default redis://127.0.0.1:6379/0). An endpoint that already answers is used as it is;
 # a local one that does not answer is started here; a remote one that does not answer is an error.
 # Cache and state live under ALPHA_STACK_HOME (default ~/.cache/alpha-streaming).
+# ALPHA_REDIS_PERSIST=1 starts Redis with an append-only file, so a stopped and restarted Redis
+# keeps its dedup markers (the fault-injection suite restarts Redis mid-stream; production Redis
+# used for dedup needs persistence or replication for the same reason).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -117,9 +120,11 @@ redis_up() {
   fi
   mkdir -p "$REDIS_STATE"
   say "starting redis on 127.0.0.1:$REDIS_PORT (log: $REDIS_STATE/redis.log)"
-  # No persistence: state is per test run; dedup correctness never relies on Redis surviving a restart here.
-  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes --save '' --appendonly no \
-    --dir "$REDIS_STATE" --pidfile "$REDIS_STATE/pid" --logfile "$REDIS_STATE/redis.log"
+  # No persistence unless asked: state is per test run.
+  local appendonly=no
+  [[ "${ALPHA_REDIS_PERSIST:-0}" == 1 ]] && appendonly=yes
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes --save '' --appendonly "$appendonly" \
+    --appendfsync everysec --dir "$REDIS_STATE" --pidfile "$REDIS_STATE/pid" --logfile "$REDIS_STATE/redis.log"
   local deadline=$((SECONDS + 20))
   until answers 127.0.0.1 "$REDIS_PORT"; do
     ((SECONDS < deadline)) || die "redis did not answer within 20 s (log: $REDIS_STATE/redis.log)"
@@ -155,10 +160,16 @@ status() {
   if answers "$REDIS_HOST" "$REDIS_PORT"; then say "redis: up on $REDIS_HOST:$REDIS_PORT"; else say "redis: down ($REDIS_HOST:$REDIS_PORT)"; fi
 }
 
-case "${1:-}" in
-  up) kafka_up; redis_up; ensure_kcat ;;
-  down) stop_pid "$KAFKA_STATE/pid" kafka; stop_pid "$REDIS_STATE/pid" redis ;;
-  status) status ;;
-  fetch) fetch_kafka ;;
-  *) echo "usage: $0 up|down|status|fetch" >&2; exit 2 ;;
+usage() { echo "usage: $0 up [kafka|redis] | down [kafka|redis] | status | fetch" >&2; exit 2; }
+
+case "${1:-} ${2:-}" in
+  "up ") kafka_up; redis_up; ensure_kcat ;;
+  "up kafka") kafka_up ;;
+  "up redis") redis_up ;;
+  "down ") stop_pid "$KAFKA_STATE/pid" kafka; stop_pid "$REDIS_STATE/pid" redis ;;
+  "down kafka") stop_pid "$KAFKA_STATE/pid" kafka ;;
+  "down redis") stop_pid "$REDIS_STATE/pid" redis ;;
+  "status ") status ;;
+  "fetch ") fetch_kafka ;;
+  *) usage ;;
 esac

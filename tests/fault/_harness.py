@@ -1,0 +1,470 @@
+"""The fault suite's harness: its own Kafka and Redis, service processes, events and the ledger.
+
+The suite owns a second Kafka (127.0.0.1:19092) and Redis (127.0.0.1:16379, append-only file)
+started by `scripts/stack.sh`, because it stops and restarts them; the main stack the other tests
+use is never touched. Every scenario gets fresh topics, a fresh group and a fresh ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from alpha_streaming import EventEnvelope, RedpandaProducer, RedpandaSettings
+from alpha_streaming.dlq import DeadLetter
+
+REPO = Path(__file__).resolve().parents[2]
+STACK_SCRIPT = REPO / "scripts" / "stack.sh"
+FAULT_KAFKA = os.environ.get("FAULT_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+FAULT_REDIS = os.environ.get("FAULT_REDIS_URL", "redis://127.0.0.1:16379/0")
+FAULTSTREAM = Path(sys.executable).parent / "faststream"
+PARTITIONS = 6
+
+# What every service process of the suite runs with (on top of the scenario's own settings):
+# coalesced commits (flushed on revoke and shutdown; the suite proves that safe), short leases
+# so a killed process's in-flight event is picked up in seconds, small transient backoff.
+SERVICE_ENV = {
+    "ALPHA_CONSUMER__COMMIT_EVERY": "100",
+    "ALPHA_CONSUMER__COMMIT_INTERVAL_S": "0.5",
+    # Kafka's smallest allowed session: a SIGKILLed member's partitions move after 6 s, not 10 s.
+    "ALPHA_CONSUMER__SESSION_TIMEOUT_MS": "6000",
+    "ALPHA_CONSUMER__HEARTBEAT_INTERVAL_MS": "2000",
+    "ALPHA_DEDUP__LEASE_TTL_S": "3",
+    "ALPHA_RETRY__BASE_DELAY_S": "0.05",
+    "ALPHA_RETRY__MAX_DELAY_S": "0.5",
+}
+
+
+class FaultStack:
+    """Starts and stops the suite's own Kafka and Redis through `scripts/stack.sh`."""
+
+    def __init__(self, kafka: str = FAULT_KAFKA, redis: str = FAULT_REDIS) -> None:
+        self.kafka = kafka
+        self.redis = redis
+
+    def _stack(self, *args: str) -> None:
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.kafka, "REDIS_URL": self.redis}
+        env["ALPHA_REDIS_PERSIST"] = "1"
+        done = subprocess.run(
+            [str(STACK_SCRIPT), *args], env=env, capture_output=True, text=True, timeout=240, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"scripts/stack.sh {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+
+    def up(self) -> None:
+        self._stack("up", "kafka")
+        self._stack("up", "redis")
+
+    def down(self) -> None:
+        self._stack("down")
+
+    def stop_kafka(self) -> None:
+        self._stack("down", "kafka")
+
+    def start_kafka(self) -> None:
+        self._stack("up", "kafka")
+
+    def stop_redis(self) -> None:
+        self._stack("down", "redis")
+
+    def start_redis(self) -> None:
+        self._stack("up", "redis")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One record the scenario publishes; `event_id` is None for undecodable poison."""
+
+    key: bytes
+    value: bytes
+    headers: dict[str, str]
+    event_id: str | None
+    poison: bool
+
+
+def make_events(
+    count: int,
+    *,
+    poison_every: int = 0,
+    fail_first_every: int = 0,
+    slow: Iterable[int] = (),
+    slow_s: float = 0.0,
+) -> list[Event]:
+    """`count` records: good orders, every `poison_every`-th one poison (three kinds in turn)."""
+    slow_seqs = set(slow)
+    events = []
+    for seq in range(count):
+        key = f"k{seq % 97}".encode()
+        if poison_every and seq % poison_every == poison_every - 1:
+            events.append(_poison(seq, key))
+            continue
+        order: dict[str, Any] = {"seq": seq}
+        if seq in slow_seqs:
+            order["slow_s"] = slow_s
+        if fail_first_every and seq % fail_first_every == 0:
+            order["fail_first"] = True
+        envelope = EventEnvelope.create(type="FaultOrder", data=order, source="fault-suite", key=key.decode())
+        events.append(Event(key, envelope.to_bytes(), envelope.headers(), envelope.id, poison=False))
+    return events
+
+
+def _poison(seq: int, key: bytes) -> Event:
+    kind = (seq // 2) % 3
+    if kind == 0:  # not JSON at all
+        return Event(key, b"\xff\xfe poison %d" % seq, {}, None, poison=True)
+    if kind == 1:  # JSON, but not an envelope
+        return Event(key, json.dumps({"poison": seq}).encode(), {}, None, poison=True)
+    # A valid envelope whose payload the handler's model rejects.
+    envelope = EventEnvelope.create(type="FaultOrder", data={"seq": f"bad-{seq}"}, source="fault-suite")
+    return Event(key, envelope.to_bytes(), envelope.headers(), envelope.id, poison=True)
+
+
+async def publish(
+    bootstrap: str,
+    topic: str,
+    events: Sequence[Event],
+    *,
+    rate: float | None = None,
+    chunk: int = 1000,
+) -> int:
+    """Publish `events` (paced to `rate`/s if given); a record whose send failed is sent again.
+
+    Returns how many sends were repeated (each may have written a second copy of its record).
+    """
+    repeated = 0
+    started = time.monotonic()
+    async with RedpandaProducer(
+        RedpandaSettings(bootstrap_servers=bootstrap, request_timeout_ms=60_000)
+    ) as out:
+        for first in range(0, len(events), chunk):
+            todo = list(events[first : first + chunk])
+            while todo:
+                results = await asyncio.gather(
+                    *(out.send(topic=topic, key=e.key, value=e.value, headers=e.headers) for e in todo),
+                    return_exceptions=True,
+                )
+                failed = [e for e, r in zip(todo, results, strict=True) if isinstance(r, BaseException)]
+                repeated += len(failed)
+                todo = failed
+                if failed:
+                    await asyncio.sleep(0.5)
+            if rate:
+                ahead = (first + chunk) / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+    return repeated
+
+
+@dataclass
+class ServiceProcess:
+    """One OS process running the service with `faststream run`."""
+
+    scenario: Scenario
+    index: int
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.scenario.ledger_dir / f"service-{self.index}.log").open("ab")
+        self.popen = subprocess.Popen(
+            [str(FAULTSTREAM), "run", "tests.fault.ledger_service:app", "--log-level", "warning"],
+            cwd=REPO,
+            env=self.scenario.service_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def kill(self) -> None:
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(timeout=30)
+
+    def terminate(self, timeout: float) -> tuple[int | None, float]:
+        """SIGTERM; the exit code (None if it had to be killed after `timeout`) and seconds taken."""
+        assert self.popen is not None
+        started = time.monotonic()
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            code: int | None = self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=30)
+            code = None
+        return code, time.monotonic() - started
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+
+@dataclass
+class Effect:
+    event_id: str
+    partition: int
+    offset: int
+    pid: int
+    at: float
+
+
+@dataclass
+class Scenario:
+    """One scenario's topic, group, ledger and processes, and the checks every scenario ends with."""
+
+    name: str
+    stack: FaultStack
+    root: Path
+    env: dict[str, str] = field(default_factory=dict)
+    processes: list[ServiceProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        suffix = uuid.uuid4().hex[:8]
+        self.topic = f"fault.{self.name}.{suffix}"
+        self.group = f"fault-{self.name}-{suffix}"
+        self.service = f"fault-{self.name}"
+        self.ledger_dir = self.root / f"{self.name}-{suffix}"
+        self.ledger_dir.mkdir(parents=True)
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic}.dlq"
+
+    def service_env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            **SERVICE_ENV,
+            **self.env,
+            "KAFKA_BOOTSTRAP_SERVERS": self.stack.kafka,
+            "REDIS_URL": self.stack.redis,
+            "FAULT_SERVICE": self.service,
+            "FAULT_TOPIC": self.topic,
+            "FAULT_GROUP": self.group,
+            "FAULT_LEDGER_DIR": str(self.ledger_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    async def create_topics(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.stack.kafka, request_timeout_ms=15_000)
+        await admin.start()
+        try:
+            await admin.create_topics(
+                [
+                    NewTopic(t, num_partitions=PARTITIONS, replication_factor=1)
+                    for t in (self.topic, self.dlq_topic)
+                ]
+            )
+        finally:
+            await admin.close()
+
+    def spawn(self) -> ServiceProcess:
+        process = ServiceProcess(self, len(self.processes))
+        process.start()
+        self.processes.append(process)
+        return process
+
+    def effects(self) -> list[Effect]:
+        found = []
+        for path in self.ledger_dir.glob("ledger-*.txt"):
+            for line in path.read_text().splitlines():
+                event_id, partition, offset, pid, at = line.split()
+                found.append(Effect(event_id, int(partition), int(offset), int(pid), float(at)))
+        return found
+
+    def effect_count(self) -> int:
+        return sum(path.read_bytes().count(b"\n") for path in self.ledger_dir.glob("ledger-*.txt"))
+
+    def outcome_counts(self) -> collections.Counter[str]:
+        """Outcomes summed over every process (a SIGKILLed one lost its last 100 ms)."""
+        total: collections.Counter[str] = collections.Counter()
+        for path in self.ledger_dir.glob("metrics-*.json"):
+            total.update(json.loads(path.read_text() or "{}"))
+        return total
+
+    def stop_all(self, timeout: float = 30.0) -> list[tuple[int | None, float]]:
+        return [p.terminate(timeout) for p in self.processes if p.alive()]
+
+    def logs(self) -> str:
+        tails = []
+        for path in sorted(self.ledger_dir.glob("service-*.log")):
+            lines = path.read_text(errors="replace").splitlines()
+            tails.append(f"--- {path.name} (last 30 lines) ---\n" + "\n".join(lines[-30:]))
+        return "\n".join(tails)
+
+    async def read_topic(self, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+        """Every record of `topic`, read without a group (nothing committed)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.stack.kafka, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            records: list[ConsumerRecord[bytes, bytes]] = []
+            async with asyncio.timeout(60):
+                while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+                    batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+                    for part in batch.values():
+                        records.extend(
+                            r for r in part if r.offset < ends[TopicPartition(r.topic, r.partition)]
+                        )
+            return records
+        finally:
+            await consumer.stop()
+
+    async def lag(self) -> int:
+        """Records of the topic not yet covered by the group's committed offsets."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.stack.kafka, request_timeout_ms=15_000)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.stack.kafka, enable_auto_commit=False)
+        await admin.start()
+        await consumer.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(self.group)
+            partitions = [TopicPartition(self.topic, p) for p in range(PARTITIONS)]
+            ends = await consumer.end_offsets(partitions)
+            return sum(
+                end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
+                for tp, end in ends.items()
+            )
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    async def committed(self) -> dict[int, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.stack.kafka, request_timeout_ms=15_000)
+        await admin.start()
+        try:
+            found = await admin.list_consumer_group_offsets(self.group)
+            return {tp.partition: meta.offset for tp, meta in found.items() if tp.topic == self.topic}
+        finally:
+            await admin.close()
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    *,
+    within: float,
+    what: str,
+    scenario: Scenario | None = None,
+    every: float = 0.1,
+) -> float:
+    """Poll `condition` until true; seconds waited. On timeout fail, with the services' logs."""
+    started = time.monotonic()
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return time.monotonic() - started
+        if time.monotonic() - started > within:
+            logs = scenario.logs() if scenario else ""
+            raise AssertionError(f"{what}: not reached within {within:.0f} s\n{logs}")
+        await asyncio.sleep(every)
+
+
+async def wait_for_progress(scenario: Scenario, beyond: int, *, within: float) -> float:
+    """Seconds until the ledger holds more than `beyond` effects (the service is making progress)."""
+    return await wait_until(
+        lambda: scenario.effect_count() > beyond,
+        within=within,
+        what=f"[{scenario.name}] progress beyond {beyond} effects",
+        scenario=scenario,
+        every=0.05,
+    )
+
+
+@dataclass
+class Verdict:
+    """What a scenario proves at its end, and the figures it prints."""
+
+    name: str
+    events: int
+    good: int
+    poison_records: int
+    effects: int
+    duplicate_effects: int
+    lost: int
+    dlq_records: int
+    dlq_duplicates: int
+    dlq_missing: int
+    dlq_bytes_changed: int
+    lag: int
+    deduplicated: int
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        extra = " ".join(f"{k}={v}" for k, v in self.figures.items())
+        return (
+            f"[fault {self.name}] events={self.events} good={self.good} effects={self.effects} "
+            f"duplicate_effects={self.duplicate_effects} lost={self.lost} "
+            f"poison_records={self.poison_records} dlq={self.dlq_records} "
+            f"dlq_duplicates={self.dlq_duplicates} dlq_missing={self.dlq_missing} "
+            f"lag={self.lag} duplicates_prevented={self.deduplicated} {extra}"
+        ).rstrip()
+
+
+async def verify(scenario: Scenario, events: Sequence[Event], **figures: Any) -> Verdict:
+    """Compare the ledger and the DLQ with what is on the topic; call after the services stopped."""
+    good_ids = {e.event_id for e in events if not e.poison}
+    poison_values = {e.value for e in events if e.poison}
+    counts = collections.Counter(effect.event_id for effect in scenario.effects())
+    source = await scenario.read_topic(scenario.topic)
+    poison_at = {(r.partition, r.offset): r for r in source if r.value in poison_values}
+    dlq = await scenario.read_topic(scenario.dlq_topic)
+    dlq_origins: collections.Counter[tuple[int, int]] = collections.Counter()
+    changed = 0
+    for record in dlq:
+        letter = DeadLetter.from_headers(record.headers)
+        origin = (letter.original_partition, letter.original_offset)
+        dlq_origins[origin] += 1
+        original = poison_at.get(origin)
+        if original is None or original.value != record.value or original.key != record.key:
+            changed += 1
+    return Verdict(
+        name=scenario.name,
+        events=len(events),
+        good=len(good_ids),
+        poison_records=len(poison_at),
+        effects=sum(counts.values()),
+        duplicate_effects=sum(n - 1 for n in counts.values() if n > 1),
+        lost=len(good_ids - counts.keys()),
+        dlq_records=len(dlq),
+        dlq_duplicates=sum(n - 1 for n in dlq_origins.values() if n > 1),
+        dlq_missing=len(poison_at.keys() - dlq_origins.keys()),
+        dlq_bytes_changed=changed,
+        lag=await scenario.lag(),
+        deduplicated=scenario.outcome_counts().get("outcome:deduplicated", 0),
+        figures=figures,
+    )
+
+
+async def run_to_completion(scenario: Scenario, events: Sequence[Event], *, within: float) -> float:
+    """Seconds until every good event has an effect and the group's committed offsets reached the
+    end of the topic (an offset is committed only after its record's outcome: effect or DLQ ack)."""
+    good = {e.event_id for e in events if not e.poison}
+
+    async def complete() -> bool:
+        if not good <= {effect.event_id for effect in scenario.effects()}:
+            return False
+        return await scenario.lag() == 0
+
+    return await wait_until(
+        complete, within=within, what=f"[{scenario.name}] completion", scenario=scenario, every=0.5
+    )
