@@ -40,8 +40,9 @@ lint: install
 demo: install stack-up
 	$(PY) -m examples.trading_pipeline.demo
 
+## Every benchmark once; writes bench/results/report.md, report.json and report.png.
 bench: install stack-up
-	$(PY) -m bench
+	$(PY) -m bench report
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from alpha_streaming import RedpandaConsumer, RedpandaProducer, RedpandaSettings
 from alpha_streaming.broker import make_broker
-from bench._common import Row, Stopwatch, interleaved, payloads, topics
+from bench._common import Row, Stopwatch, interleaved, payloads, topics, wait_assigned
 
 Payload = list[tuple[bytes, bytes]]
 
@@ -36,14 +36,6 @@ def raw_producer_options(config: RedpandaSettings) -> dict[str, Any]:
         "max_batch_size": config.max_batch_size,
         "request_timeout_ms": config.request_timeout_ms,
     }
-
-
-async def wait_assigned(assignment: Callable[[], set[Any]]) -> None:
-    async with asyncio.timeout(60):
-        for _ in range(6000):
-            if assignment():
-                return
-            await asyncio.sleep(0.01)
 
 
 async def produce_raw(config: RedpandaSettings, topic: str, data: Payload) -> float:
