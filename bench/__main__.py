@@ -61,10 +61,10 @@ def module_args(name: str, args: argparse.Namespace) -> argparse.Namespace:
     return shrunk
 
 
-def as_tables(name: str, result: list[Any], seconds: float) -> list[Table]:
+def as_tables(name: str, result: list[Any], seconds: float, runs: int) -> list[Table]:
     """A module's result as tables: rate rows become one rate table."""
     if result and all(isinstance(item, Row) for item in result):
-        return [rate_table(f"[{name}] ({seconds:.0f} s)", result)]
+        return [rate_table(f"[{name}] msg/s, medians of {runs} interleaved runs ({seconds:.0f} s)", result)]
     return list(result)
 
 
@@ -96,7 +96,7 @@ async def main(argv: list[str]) -> int:
         result = await module.run(module_args(name, args))
         seconds[name] = time.perf_counter() - started
         loads[name] = round(os.getloadavg()[0], 2)
-        sections[name] = as_tables(name, result, seconds[name])
+        sections[name] = as_tables(name, result, seconds[name], args.runs)
         for table in sections[name]:
             table.print()
     if args.which == "report":

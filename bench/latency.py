@@ -166,7 +166,10 @@ async def measure(
             str(timing.send_s),
             stdout=asyncio.subprocess.PIPE,
         )
-        sent_text, span_text = (await producer.stdout.readline()).split()  # type: ignore[union-attr]
+        line = await producer.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            raise RuntimeError(f"the paced producer (rate {rate}/s) exited without a report; see its stderr")
+        sent_text, span_text = line.split()
         sent, span = int(sent_text), float(span_text)
         handled_when_sent = len(recorder.samples)
         await producer.wait()
