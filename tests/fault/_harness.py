@@ -241,6 +241,7 @@ class Scenario:
         self.service = f"fault-{self.name}"
         self.ledger_dir = self.root / f"{self.name}-{suffix}"
         self.ledger_dir.mkdir(parents=True)
+        self.started = time.monotonic()
 
     @property
     def dlq_topic(self) -> str:
@@ -451,7 +452,7 @@ async def verify(scenario: Scenario, events: Sequence[Event], **figures: Any) ->
         dlq_bytes_changed=changed,
         lag=await scenario.lag(),
         deduplicated=scenario.outcome_counts().get("outcome:deduplicated", 0),
-        figures=figures,
+        figures={**figures, "scenario_s": round(time.monotonic() - scenario.started, 1)},
     )
 
 

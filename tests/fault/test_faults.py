@@ -22,6 +22,7 @@ import pytest
 
 from tests.fault._harness import (
     Scenario,
+    Verdict,
     make_events,
     publish,
     run_to_completion,
@@ -46,7 +47,7 @@ SLOW_HANDLER_S = 6.0  # > MAX_POLL_INTERVAL_S: aiokafka leaves the group mid-han
 MakeScenario = Callable[..., Scenario]
 
 
-def assert_exactly_once(verdict: object, *, repeated_effects_allowed: int = 0) -> None:
+def assert_exactly_once(verdict: Verdict, *, repeated_effects_allowed: int = 0) -> None:
     v = verdict
     assert v.lost == 0, f"{v.lost} good events have no effect: {v.line()}"
     assert v.duplicate_effects <= repeated_effects_allowed, v.line()
