@@ -397,6 +397,7 @@ class Verdict:
 
     name: str
     events: int
+    topic_records: int
     good: int
     poison_records: int
     effects: int
@@ -413,7 +414,8 @@ class Verdict:
     def line(self) -> str:
         extra = " ".join(f"{k}={v}" for k, v in self.figures.items())
         return (
-            f"[fault {self.name}] events={self.events} good={self.good} effects={self.effects} "
+            f"[fault {self.name}] events={self.events} topic_records={self.topic_records} good={self.good} "
+            f"effects={self.effects} "
             f"duplicate_effects={self.duplicate_effects} lost={self.lost} "
             f"poison_records={self.poison_records} dlq={self.dlq_records} "
             f"dlq_duplicates={self.dlq_duplicates} dlq_missing={self.dlq_missing} "
@@ -441,6 +443,7 @@ async def verify(scenario: Scenario, events: Sequence[Event], **figures: Any) ->
     return Verdict(
         name=scenario.name,
         events=len(events),
+        topic_records=len(source),
         good=len(good_ids),
         poison_records=len(poison_at),
         effects=sum(counts.values()),
