@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install stack-up stack-down stack-status test unit integration lint demo bench clean
+.PHONY: install stack-up stack-down stack-status test unit integration fault lint demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,10 @@ unit: install
 
 integration: install stack-up
 	$(PY) -m pytest tests/integration
+
+## The fault-injection suite alone (part of `make test` too); it runs its own Kafka and Redis.
+fault: install
+	$(PY) -m pytest -m fault
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
