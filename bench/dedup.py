@@ -53,6 +53,7 @@ async def consume_all(bootstrap: str, topic: str, count: int, redis: aioredis.Re
         dedup=DEDUP,
         dedup_namespace=namespace,
         tracer_provider=TracerProvider(),
+        commit_every=1,  # both variants commit each batch: dedup is the only difference
     )
     broker = make_broker(RedpandaSettings(bootstrap_servers=bootstrap), middlewares=stack, logger=None)
     done = asyncio.Event()
