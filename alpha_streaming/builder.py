@@ -21,14 +21,17 @@ from alpha_streaming.errors import ConfigError
 from alpha_streaming.handlers import HandlerKind, HandlerSpec, inspect_handler, legacy_adapter
 from alpha_streaming.health import ActivityProbe
 from alpha_streaming.service import PRODUCER_CONTEXT_KEY, ServiceProducer, StreamService
-from alpha_streaming.settings import RedpandaSettings, Settings
-from middlewares.retry import RetryPolicy
-from middlewares.stack import enhanced_stack, verify_enhanced_broker
+from alpha_streaming.settings import RedpandaSettings, Settings, resolve_commit_every
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
     from redis.asyncio import Redis
+
+    from middlewares.retry import RetryPolicy
+
+# `middlewares` is imported where it is used: its modules import `alpha_streaming`, whose
+# package imports this module, so a module-level import here would be circular.
 
 __all__ = ("StreamServiceBuilder",)
 
@@ -61,6 +64,8 @@ class StreamServiceBuilder:
     ```
     Error routing (retries, dead-letter topic, offset commits) is always installed: it is what
     commits offsets. Dedup follows `settings.dedup.enabled` and needs `with_redis(...)`.
+    With dedup, commits are coalesced (`settings.consumer.commit_every`, "auto" = 100) and
+    every subscriber commits its pending offsets when a rebalance revokes its partitions.
     Topics are not created implicitly (a service must not invent one-partition topics);
     `alpha-streaming topics bootstrap --service module:attr` creates `service.topics`.
     """
@@ -122,6 +127,8 @@ class StreamServiceBuilder:
 
     def build(self) -> StreamService:
         """Validate the wiring and assemble the broker, subscribers, producer and app."""
+        from middlewares.stack import revoke_listener, verify_enhanced_broker
+
         specs = self._validate()
         broker, activity = self._make_broker()
         producer = ServiceProducer(broker, source=self._name) if self._producer_topics is not None else None
@@ -137,12 +144,15 @@ class StreamServiceBuilder:
                 session_timeout_ms=poll.session_timeout_ms,
                 heartbeat_interval_ms=poll.heartbeat_interval_ms,
                 max_poll_records=poll.max_poll_records,
+                listener=revoke_listener(broker),
             )
             subscriber(handler)
         for topic in self._producer_topics or ():
             broker.publisher(topic, schema=EventEnvelope, title=f"{topic}:{self._name}")
         verify_enhanced_broker(broker)
         app = FastStream(broker, specification=AsyncAPI(title=self._name))
+        # Before the broker stops, while its consumers can still commit: coalesced offsets.
+        app.on_shutdown(_drainer(broker))
         # After the broker stopped (in-flight work done, producer flushed): release what the
         # middlewares opened themselves, e.g. a dead-letter producer (seed-lessons #11).
         app.after_shutdown(_closer(broker))
@@ -174,7 +184,7 @@ class StreamServiceBuilder:
                 "or set ALPHA_DEDUP__ENABLED=false"
             )
         commit_every = self._settings.consumer.commit_every
-        if commit_every > 1 and not (self._settings.dedup.enabled and self._redis is not None):
+        if commit_every != "auto" and commit_every > 1 and not self._deduplicating():
             problems.append(
                 f"settings.consumer.commit_every={commit_every} coalesces commits, which is only safe "
                 "with dedup (a record whose commit was pending would run again after a crash): "
@@ -217,9 +227,15 @@ class StreamServiceBuilder:
             )
         return specs
 
+    def _deduplicating(self) -> bool:
+        return self._settings.dedup.enabled and self._redis is not None
+
     def _make_broker(self) -> tuple[KafkaBroker, ActivityProbe]:
+        from middlewares.retry import RetryPolicy
+        from middlewares.stack import enhanced_stack
+
         policy = self._policy if self._policy is not None else RetryPolicy.from_settings(self._settings.retry)
-        dedup = self._settings.dedup.enabled
+        dedup = self._deduplicating()
         metrics = self._metrics
         stack = enhanced_stack(
             service=self._name,
@@ -230,7 +246,7 @@ class StreamServiceBuilder:
             meter_provider=metrics.meter_provider if metrics else None,
             tracer_provider=metrics.tracer_provider if metrics else None,
             prometheus_port=metrics.prometheus_port if metrics else None,
-            commit_every=self._settings.consumer.commit_every,
+            commit_every=resolve_commit_every(self._settings.consumer.commit_every, dedup=dedup),
             commit_interval_s=self._settings.consumer.commit_interval_s,
         )
         activity = ActivityProbe()
@@ -253,6 +269,15 @@ def _topic_problems(topics: Sequence[str], *, empty: bool = True) -> list[str]:
     if duplicates:
         found.append(f"topic(s) {duplicates!r} listed twice")
     return found
+
+
+def _drainer(broker: KafkaBroker) -> Callable[[], Awaitable[None]]:
+    async def drain_middlewares() -> None:
+        from middlewares.stack import drain_stack
+
+        await drain_stack(broker.middlewares)
+
+    return drain_middlewares
 
 
 def _closer(broker: KafkaBroker) -> Callable[[], Awaitable[None]]:

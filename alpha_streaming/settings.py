@@ -10,7 +10,7 @@ Secrets (SASL password, a password inside the Redis URL) never appear in `repr` 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
@@ -26,10 +26,14 @@ __all__ = (
     "RetrySettings",
     "Settings",
     "mask_url",
+    "resolve_commit_every",
 )
 
 DEFAULT_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# Outcomes per coalesced commit with dedup: a Kafka 4 commit costs ~7 ms, so 100 makes it ~0.07 ms
+# a message (bench/README.md, "enhanced: what bounds single-message mode").
+AUTO_COMMIT_EVERY = 100
 
 
 def mask_url(url: str) -> str:
@@ -115,19 +119,28 @@ class RetrySettings(BaseModel):
     max_delay_s: float = Field(default=30.0, ge=0)
 
 
+def resolve_commit_every(commit_every: int | Literal["auto"], *, dedup: bool) -> int:
+    """ "auto": coalesce `AUTO_COMMIT_EVERY` outcomes with dedup, commit each one without it."""
+    if commit_every != "auto":
+        return commit_every
+    return AUTO_COMMIT_EVERY if dedup else 1
+
+
 class ConsumerSettings(BaseModel):
     """How the builder's subscribers poll and commit (aiokafka's defaults unless set).
 
     `commit_every` > 1 coalesces offset commits (flushed after that many outcomes, after
-    `commit_interval_s`, before any seek, on partition revoke and on shutdown). It needs dedup:
-    records whose commit was pending when a process died come again and are skipped as done.
+    `commit_interval_s`, before any seek, right after a dead-letter write, on partition revoke
+    and on shutdown). It needs dedup: records whose commit was pending when a process died come
+    again and are skipped as done. The default "auto" is `AUTO_COMMIT_EVERY` (100) with dedup and
+    1 (a commit per message) without it; an explicit number > 1 without dedup is refused.
     """
 
     max_poll_interval_ms: int = Field(default=300_000, gt=0)
     session_timeout_ms: int = Field(default=10_000, gt=0)
     heartbeat_interval_ms: int = Field(default=3_000, gt=0)
     max_poll_records: int | None = Field(default=None, gt=0)
-    commit_every: int = Field(default=1, ge=1)
+    commit_every: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     commit_interval_s: float = Field(default=0.5, gt=0)
 
     @model_validator(mode="after")

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-# TEMPORARY while the middlewares are built in parallel: names whose modules may not exist yet.
-# Replaced by explicit imports once every module has landed.
-_LAZY = {
-    "EnvelopeMiddleware": "middlewares.envelope",
-    "CurrentEnvelope": "middlewares.envelope",
-    "CurrentBrokerContext": "middlewares.envelope",
-    "DeduplicationMiddleware": "middlewares.dedup",
-    "ErrorRoutingMiddleware": "middlewares.error_routing",
-    "RetryPolicy": "middlewares.retry",
-    "MetricsMiddleware": "middlewares.metrics",
-    "enhanced_stack": "middlewares.stack",
-}
+from middlewares.dedup import DeduplicationMiddleware
+from middlewares.envelope import CurrentBrokerContext, CurrentEnvelope, EnvelopeMiddleware
+from middlewares.error_routing import ErrorRoutingMiddleware
+from middlewares.metrics import MetricsMiddleware
+from middlewares.retry import RetryPolicy
+from middlewares.stack import RevokeListener, close_stack, drain_stack, enhanced_stack, revoke_listener
 
 __all__ = (
     "CurrentBrokerContext",
@@ -26,11 +17,9 @@ __all__ = (
     "ErrorRoutingMiddleware",
     "MetricsMiddleware",
     "RetryPolicy",
+    "RevokeListener",
+    "close_stack",
+    "drain_stack",
     "enhanced_stack",
+    "revoke_listener",
 )
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'middlewares' has no attribute {name!r}")

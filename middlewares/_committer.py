@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import IllegalStateError
 from faststream.kafka.message import FakeConsumer
 
 __all__ = ("CommitWindow", "commit_records", "first_offsets", "is_fake", "next_offsets", "seek_back")
@@ -59,10 +60,11 @@ def seek_back(consumer: Any, records: Iterable[ConsumerRecord[Any, Any]]) -> Non
 class CommitWindow:
     """Coalesces the commits of one consumer: flushed every `every` outcomes or `interval_s`.
 
-    Opt-in. Safe with dedup only: "done" is recorded in Redis before the commit, so records
-    whose commit was still pending when the process died or the partition moved are skipped as
-    duplicates when they come again. Without dedup they would be processed again. Flushed
-    before every seek, so a redelivery never rewinds past a pending commit.
+    Safe with dedup only: "done" is recorded in Redis before the commit, so records whose commit
+    was still pending when the process died come again and are skipped as duplicates. Without
+    dedup they would be processed again. Flushed before every seek (a redelivery never rewinds
+    past a pending commit), on request (`add(..., flush=True)`, e.g. after a DLQ write), for the
+    revoked partitions on a rebalance (`flush(partitions)`), and on close.
     """
 
     __slots__ = ("_consumer", "_count", "_every", "_interval_s", "_lock", "_pending", "_timer")
@@ -76,27 +78,48 @@ class CommitWindow:
         self._lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
 
-    async def add(self, records: Iterable[ConsumerRecord[Any, Any]]) -> None:
+    async def add(self, records: Iterable[ConsumerRecord[Any, Any]], *, flush: bool = False) -> None:
         pending = self._pending
-        for tp, offset in next_offsets(records).items():
-            pending[tp] = max(pending.get(tp, 0), offset)
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            offset = record.offset + 1
+            if pending.get(tp, 0) < offset:
+                pending[tp] = offset
         self._count += 1
-        if self._count >= self._every:
+        if flush or self._count >= self._every:
             await self.flush()
         elif self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._interval_s, self._flush_later)
+            self._timer = asyncio.get_running_loop().call_later(self._interval_s, self._flush_later)
 
-    async def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    async def flush(self, partitions: Collection[TopicPartition] | None = None) -> None:
+        """Commit what is pending, or only what is pending for `partitions`."""
+        if partitions is None:
+            offsets, self._pending = self._pending, {}
+        else:
+            offsets = {tp: self._pending.pop(tp) for tp in partitions if tp in self._pending}
         if not self._pending:
+            self._count = 0
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        if not offsets:
             return
-        offsets, self._pending, self._count = self._pending, {}, 0
         # One commit at a time, so an older set of offsets never lands after a newer one.
         async with self._lock:
+            await self._commit(offsets)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
             await self._consumer.commit(offsets)
+        except IllegalStateError:
+            # A record finished after its partition moved to another member (its new owner
+            # reads it again; dedup skips it): commit the partitions this consumer still owns.
+            owned = self._consumer.assignment()
+            kept = {tp: offset for tp, offset in offsets.items() if tp in owned}
+            if len(kept) == len(offsets):
+                raise
+            if kept:
+                await self._consumer.commit(kept)
 
     def _flush_later(self) -> None:
         self._timer = None

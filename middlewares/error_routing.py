@@ -14,9 +14,12 @@ It owns delivery for enhanced subscribers (which run with `AckPolicy.MANUAL`):
 Commits carry explicit offsets (`{TopicPartition: offset + 1}`; a batch commits the highest
 offset + 1 per partition). They happen in `after_processed`, i.e. after FastStream published
 the handler's return value, so an output that failed to publish is not committed past. Every
-outcome is committed before the consumer moves on: one broker round trip per message, simple
-and obviously correct. A local Kafka 4.1 commit costs ~6.7 ms, so `commit_every=N` offers
-opt-in coalescing (see `CommitWindow`), safe only with dedup in the stack.
+outcome is committed before the consumer moves on with `commit_every=1`: one broker round trip
+per message (7-10 ms on a local Kafka 4.1, whose group coordinator lingers before appending).
+`commit_every=N` coalesces them (see `CommitWindow`; `enhanced_stack` makes it the default with
+dedup, which is what makes it safe): flushed after N outcomes, after `commit_interval_s`, before
+any seek, right after a dead-letter write, from `drain()` (before the broker stops) and `close()`,
+and for the revoked partitions on a rebalance when the subscriber has `revoke_listener(...)`.
 
 Batch subscribers: the batch is retried as a unit; when its budget is spent every record of it
 is dead-lettered with its own original bytes (the handler gave no per-record verdict, and the
@@ -45,9 +48,10 @@ from middlewares.metrics import RAW_OUTCOME_ATTRIBUTE
 from middlewares.retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
     from types import TracebackType
 
-    from aiokafka import ConsumerRecord
+    from aiokafka import ConsumerRecord, TopicPartition
     from faststream._internal.basic_types import AsyncFuncAny
     from faststream._internal.context.repository import ContextRepo
     from faststream.message import StreamMessage
@@ -104,6 +108,7 @@ class ErrorRoutingMiddleware:
 
     __slots__ = (
         "_checked",
+        "_draining",
         "_windows",
         "commit_every",
         "commit_interval_s",
@@ -138,22 +143,40 @@ class ErrorRoutingMiddleware:
         self.commit_every = commit_every
         self.commit_interval_s = commit_interval_s
         self._windows: weakref.WeakKeyDictionary[Any, CommitWindow] = weakref.WeakKeyDictionary()
+        self._draining = False
         # Subscribers whose ack policy was found right; checked once each, then a set lookup.
         self._checked: set[int] = set()
 
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> BaseMiddleware[Any, Any]:
         return _ErrorRouting(msg, context=context, config=self)
 
+    async def drain(self) -> None:
+        """Commit what is pending, and every outcome at once from now on; call before the broker stops.
+
+        The consumers are still group members then, so what they finish while the broker stops
+        is committed too. After `broker.stop()` a consumer has left its group, and the broker
+        accepts its commit only while no other member is in the group. `close()` ends the drain.
+        """
+        self._draining = True
+        await self._flush_all("commit before shutdown")
+
     async def close(self) -> None:
-        """Flush coalesced commits and release the dead-letter producer; call on shutdown."""
+        """Flush coalesced commits and release the dead-letter producer; call after the broker stopped."""
+        await self._flush_all("final commit")
+        self._draining = False
+        await self.dead_letter.close()
+
+    async def _flush_all(self, what: str) -> None:
         for window in list(self._windows.values()):
             try:
                 await window.flush()
             except Exception as exc:  # the consumer may be gone already; the records come again
-                log.warning("final commit failed (%s: %s)", type(exc).__name__, exc)
-        await self.dead_letter.close()
+                log.warning("%s failed (%s: %s)", what, type(exc).__name__, exc)
 
-    async def commit(self, consumer: Any, records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
+    async def commit(
+        self, consumer: Any, records: tuple[ConsumerRecord[Any, Any], ...], *, flush: bool = False
+    ) -> None:
+        """Commit `records` now, or through the consumer's window; `flush` empties the window too."""
         if self.commit_every == 1 or is_fake(consumer):
             await commit_records(consumer, records)
             return
@@ -162,7 +185,19 @@ class ErrorRoutingMiddleware:
             window = self._windows[consumer] = CommitWindow(
                 consumer, every=self.commit_every, interval_s=self.commit_interval_s
             )
-        await window.add(records)
+        await window.add(records, flush=flush or self._draining)
+
+    async def flush_partitions(self, partitions: Collection[TopicPartition]) -> None:
+        """Commit the pending offsets of `partitions` (being revoked) before their new owner reads them.
+
+        Called by `revoke_listener`'s `on_partitions_revoked`, where aiokafka still accepts commits
+        from this member (the group waits for every member's callback before reassigning).
+        """
+        for window in list(self._windows.values()):
+            try:
+                await window.flush(partitions)
+            except Exception as exc:  # the new owner reads them again; dedup skips what was done
+                log.warning("commit on partition revoke failed (%s: %s)", type(exc).__name__, exc)
 
     async def seek_back(self, consumer: Any, records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
         window = self._windows.get(consumer) if not is_fake(consumer) else None
@@ -190,7 +225,7 @@ class ErrorRoutingMiddleware:
 
 
 class _ErrorRouting(BaseMiddleware[Any, Any]):
-    __slots__ = ("_commit", "_config", "_consumer", "_records", "_suppress")
+    __slots__ = ("_commit", "_config", "_consumer", "_flush", "_records", "_suppress")
 
     def __init__(self, msg: Any, /, *, context: ContextRepo, config: ErrorRoutingMiddleware) -> None:
         super().__init__(msg, context=context)
@@ -199,6 +234,8 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
         self._consumer: Any = None
         self._commit = False
         self._suppress = False
+        # A dead-lettered outcome is committed at once: nothing else is waiting for it.
+        self._flush = False
 
     async def on_receive(self) -> None:
         raw = self.msg
@@ -297,7 +334,7 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
 
     async def _commit_quietly(self) -> None:
         try:
-            await self._config.commit(self._consumer, self._records)
+            await self._config.commit(self._consumer, self._records, flush=self._flush)
         except Exception as exc:
             # Typically a rebalance took the partition away: its new owner gets the message
             # again, and dedup recognises it as done.
@@ -331,7 +368,7 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
             len(self._records),
         )
         state.outcome = Outcome.DEAD_LETTERED
-        self._commit = self._suppress = True
+        self._commit = self._suppress = self._flush = True
 
     def _restore_headers_and_subscriber(self) -> Any:
         # The DLQ record carries the header bytes as they arrived, not the escaped copy.

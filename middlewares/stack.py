@@ -15,18 +15,27 @@ Outermost first:
 Enhanced subscribers must run with `AckPolicy.MANUAL` (error routing commits). `enhanced_broker`
 builds a broker that has it as the default; `verify_enhanced_broker` rejects any subscriber
 that does not (call it before starting; the builder and the orchestrator do).
+
+Commits are coalesced by default when dedup is in the stack (`commit_every="auto"`: 100 outcomes
+or `commit_interval_s`, whichever comes first; one commit per message without dedup). Give each
+subscriber `listener=revoke_listener(broker)` so a rebalance commits what was processed before
+the partitions move, and call `drain_stack` before stopping the broker (once stopped, a consumer
+has left its group and its commit is refused while other members remain); the builder does
+both. Without them the records whose commit was pending are read again (by the partition's new
+owner, or after a restart) and dedup skips them: correct, but a Redis round trip each.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from faststream.middlewares import AckPolicy
 
 from alpha_streaming.broker import make_broker
 from alpha_streaming.errors import ConfigError
-from alpha_streaming.settings import DedupSettings
+from alpha_streaming.settings import DedupSettings, resolve_commit_every
 from middlewares.dedup import DeduplicationMiddleware
 from middlewares.envelope import EnvelopeMiddleware
 from middlewares.error_routing import ErrorRoutingMiddleware, wrong_ack_policy
@@ -41,7 +50,15 @@ if TYPE_CHECKING:
 
     from alpha_streaming.settings import RedpandaSettings
 
-__all__ = ("close_stack", "enhanced_broker", "enhanced_stack", "verify_enhanced_broker")
+__all__ = (
+    "RevokeListener",
+    "close_stack",
+    "drain_stack",
+    "enhanced_broker",
+    "enhanced_stack",
+    "revoke_listener",
+    "verify_enhanced_broker",
+)
 
 
 def enhanced_stack(
@@ -55,7 +72,7 @@ def enhanced_stack(
     tracer_provider: TracerProvider | None = None,
     prometheus_port: int | None = None,
     dedup_namespace: str | None = None,
-    commit_every: int = 1,
+    commit_every: int | Literal["auto"] = "auto",
     commit_interval_s: float = 0.5,
 ) -> tuple[Any, ...]:
     """The enhanced middlewares for `KafkaBroker(middlewares=...)` / `KafkaRouter(middlewares=...)`.
@@ -63,6 +80,7 @@ def enhanced_stack(
     Dedup is included only when `redis` is given (keys namespaced by `dedup_namespace`, default
     the service name); metrics only when `metrics` is true. `commit_every` > 1 coalesces offset
     commits (see `ErrorRoutingMiddleware`); it is refused without dedup, which makes it safe.
+    "auto" coalesces with dedup and commits every message without it.
     """
     if not service:
         raise ConfigError("enhanced_stack(service=...) needs the service name, got an empty string")
@@ -76,7 +94,9 @@ def enhanced_stack(
                 prometheus_port=prometheus_port,
             )
         )
-    if commit_every > 1 and redis is None:
+    settings = dedup or DedupSettings()
+    deduplicating = redis is not None and settings.enabled
+    if commit_every != "auto" and commit_every > 1 and not deduplicating:
         raise ConfigError(
             f"commit_every={commit_every} coalesces commits, which is only safe with dedup (a record "
             "whose commit was pending would run again after a crash); pass `redis=` or commit_every=1"
@@ -85,19 +105,17 @@ def enhanced_stack(
         ErrorRoutingMiddleware(
             policy=policy or RetryPolicy(),
             service=service,
-            commit_every=commit_every,
+            commit_every=resolve_commit_every(commit_every, dedup=deduplicating),
             commit_interval_s=commit_interval_s,
         )
     )
     stack.append(EnvelopeMiddleware(source=service))
-    if redis is not None:
-        settings = dedup or DedupSettings()
-        if settings.enabled:
-            stack.append(
-                DeduplicationMiddleware.from_settings(
-                    redis, namespace=dedup_namespace or service.replace(":", "-"), settings=settings
-                )
+    if redis is not None and deduplicating:
+        stack.append(
+            DeduplicationMiddleware.from_settings(
+                redis, namespace=dedup_namespace or service.replace(":", "-"), settings=settings
             )
+        )
     return tuple(stack)
 
 
@@ -117,8 +135,54 @@ def verify_enhanced_broker(broker: KafkaBroker) -> None:
         raise ConfigError("; ".join(problems))
 
 
+async def drain_stack(middlewares: Iterable[Any]) -> None:
+    """Commit coalesced offsets while the consumers still run; call before the broker stops.
+
+    E.g. `app.on_shutdown(lambda: drain_stack(broker.middlewares))` (the builder does this);
+    from then on every outcome is committed at once, until `close_stack`.
+    """
+    for middleware in middlewares:
+        if isinstance(middleware, ErrorRoutingMiddleware):
+            await middleware.drain()
+
+
 async def close_stack(middlewares: Iterable[Any]) -> None:
-    """Release what the stack's middlewares hold (the DLQ producer); call on shutdown."""
+    """Release what the stack's middlewares hold (the DLQ producer); call after the broker stopped."""
     for middleware in middlewares:
         if isinstance(middleware, ErrorRoutingMiddleware):
             await middleware.close()
+
+
+class RevokeListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Commits the coalesced offsets of the partitions a rebalance takes from a consumer.
+
+    aiokafka awaits `on_partitions_revoked` before the group reassigns anything, and still accepts
+    this member's commits there: the documented place to commit "manual" offsets. A handler still
+    in flight is not waited for: its commit fails afterwards (logged), the partition's new owner
+    reads the record again, and dedup waits on its lease or skips it as done.
+    """
+
+    def __init__(self, middlewares: Any) -> None:
+        self._source = middlewares
+
+    def _routings(self) -> list[ErrorRoutingMiddleware]:
+        # Read when a rebalance happens, so middlewares added to the broker later count too.
+        found = getattr(self._source, "middlewares", self._source)
+        return [m for m in found if isinstance(m, ErrorRoutingMiddleware)]
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if revoked:
+            for routing in self._routings():
+                await routing.flush_partitions(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        return None
+
+
+def revoke_listener(middlewares: KafkaBroker | Iterable[Any]) -> RevokeListener:
+    """A listener for `broker.subscriber(..., listener=revoke_listener(broker))`.
+
+    Pass the broker (or a router, or the tuple from `enhanced_stack`) whose error routing commits
+    for that subscriber; one listener may serve any number of subscribers.
+    """
+    return RevokeListener(middlewares)

@@ -273,3 +273,25 @@ def test_heartbeat_must_be_below_session_timeout() -> None:
 
     with pytest.raises(ValueError, match="heartbeat_interval_ms=10000 must be below"):
         ConsumerSettings(heartbeat_interval_ms=10_000, session_timeout_ms=10_000)
+
+
+def test_commits_coalesce_with_dedup_and_every_subscriber_commits_on_revoke() -> None:
+    from redis.asyncio import Redis
+
+    from alpha_streaming.settings import AUTO_COMMIT_EVERY
+    from middlewares.error_routing import ErrorRoutingMiddleware
+    from middlewares.stack import RevokeListener
+
+    def wired(b: StreamServiceBuilder) -> tuple[int, list[Any]]:
+        service = (
+            b.add_consumer_handler(topics=["a.b.c"], group_id="g1", handler_func=legacy)
+            .add_consumer_handler(topics=["d.e.f"], group_id="g2", handler_func=legacy)
+            .build()
+        )
+        (routing,) = [m for m in service.broker.middlewares if isinstance(m, ErrorRoutingMiddleware)]
+        return routing.commit_every, [s._listener for s in service.broker.subscribers]  # type: ignore[attr-defined]
+
+    every, listeners = wired(builder(Settings()).with_redis(Redis()))  # never connected: build() only wires
+    assert every == AUTO_COMMIT_EVERY
+    assert len(listeners) == 2 and all(isinstance(listener, RevokeListener) for listener in listeners)
+    assert wired(builder())[0] == 1, "without dedup every outcome is committed at once"

@@ -74,3 +74,17 @@ def test_bad_redis_url_is_rejected_without_leaking_password() -> None:
 
 def test_group_id_prefix() -> None:
     assert RedpandaSettings(group_id_prefix="prod.").group_id("risk.signals") == "prod.risk.signals"
+
+
+def test_commit_every_is_auto_by_default_and_resolves_by_dedup(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alpha_streaming.settings import AUTO_COMMIT_EVERY, ConsumerSettings, resolve_commit_every
+
+    assert Settings().consumer.commit_every == "auto"
+    assert resolve_commit_every("auto", dedup=True) == AUTO_COMMIT_EVERY
+    assert resolve_commit_every("auto", dedup=False) == 1
+    assert resolve_commit_every(7, dedup=False) == 7
+    monkeypatch.setenv("ALPHA_CONSUMER__COMMIT_EVERY", "20")
+    assert Settings().consumer.commit_every == 20
+    for bad in (0, "sometimes"):
+        with pytest.raises(ValueError, match="commit_every"):
+            ConsumerSettings(commit_every=bad)  # type: ignore[arg-type]

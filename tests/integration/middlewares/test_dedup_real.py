@@ -10,53 +10,24 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from faststream import AckPolicy, BaseMiddleware
+from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from alpha_streaming.broker import make_broker
-from alpha_streaming.envelope import EventEnvelope
 from alpha_streaming.settings import RedpandaSettings
-from middlewares._state import MessageState, Outcome, state_of
+from middlewares._state import Outcome
 from middlewares.dedup import DeduplicationMiddleware
 from middlewares.envelope import CurrentEnvelope, EnvelopeMiddleware
 from middlewares.error_routing import ErrorRoutingMiddleware
 from middlewares.retry import RetryPolicy
 from middlewares.stack import close_stack
-from tests.integration.middlewares._delivery import eventually, lag_drains
+from tests.integration.middlewares._delivery import Spy, event, eventually, lag_drains, send
 
 NewTopic = Callable[..., Awaitable[str]]
 SUBSCRIBE: dict[str, Any] = {"ack_policy": AckPolicy.MANUAL, "auto_offset_reset": "earliest"}
-
-
-class Spy:
-    """An outermost middleware factory that sees every delivery (and its final state)."""
-
-    def __init__(self) -> None:
-        self.started: list[str] = []
-        self.states: list[MessageState] = []
-        self.on_start: Callable[[str], None] = lambda event_id: None
-
-    def __call__(self, msg: Any, /, *, context: Any) -> BaseMiddleware:
-        return _SpyRuntime(msg, context=context, spy=self)
-
-
-class _SpyRuntime(BaseMiddleware):
-    def __init__(self, msg: Any, /, *, context: Any, spy: Spy) -> None:
-        super().__init__(msg, context=context)
-        self.spy = spy
-
-    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
-        event_id = msg.headers.get("x-event-id", "")
-        self.spy.started.append(event_id)
-        self.spy.on_start(event_id)
-        try:
-            return await call_next(msg)
-        finally:
-            self.spy.states.append(state_of(msg))
 
 
 def service(bootstrap: str, spy: Spy, dedup: DeduplicationMiddleware) -> KafkaBroker:
@@ -72,22 +43,6 @@ async def stop(*brokers: KafkaBroker) -> None:
     await asyncio.gather(*(broker.stop() for broker in brokers))
     for broker in brokers:
         await close_stack(broker.middlewares)
-
-
-async def send(bootstrap: str, topic: str, *deliveries: tuple[EventEnvelope, int]) -> None:
-    """Put envelopes on the wire the way any producer would (same bytes, same headers each time)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-    await producer.start()
-    try:
-        for envelope, partition in deliveries:
-            headers = [(k, v.encode()) for k, v in envelope.headers().items()]
-            await producer.send_and_wait(topic, envelope.to_bytes(), partition=partition, headers=headers)
-    finally:
-        await producer.stop()
-
-
-def event(n: int) -> EventEnvelope:
-    return EventEnvelope.create(type="order.filled", data={"n": n}, source="engine")
 
 
 async def test_the_same_event_published_twice_runs_once(

@@ -636,3 +636,29 @@ async def test_coalesced_commits_are_flushed_before_a_redelivery_seek(sink: _Sin
         assert order == [f"commit {{{TopicPartition(TOPIC, 0)!r}: 3}}", "seek 0@3"]
         await routing.close()
     assert len(order) == 2, "nothing left pending after the flush"
+
+
+async def test_a_dead_lettered_outcome_is_committed_at_once_with_what_was_pending(
+    sink: _Sink, sleeps: _Sleeps
+) -> None:
+    policy = RetryPolicy(sleep=sleeps)
+    routing = ErrorRoutingMiddleware(policy=policy, service=SERVICE, dead_letter=sink, commit_every=10)
+    broker = KafkaBroker(middlewares=(routing,), ack_policy=AckPolicy.MANUAL)
+    subscriber = broker.subscriber(TOPIC, group_id="g")
+
+    @subscriber
+    async def handle(body: dict[str, Any]) -> None:
+        if body.get("bad"):
+            raise PermanentError("unknown instrument")
+
+    consumer = MagicMock(commit=AsyncMock())
+    async with TestKafkaBroker(broker):
+        for offset, body in ((1, b"{}"), (2, b'{"bad": 1}')):
+            record = _record(TOPIC, 0, offset)
+            record.value = body
+            record.consumer = consumer  # type: ignore[attr-defined]
+            await subscriber.process_message(record)
+            if offset == 1:
+                consumer.commit.assert_not_called()  # held in the window
+        consumer.commit.assert_awaited_once_with({TopicPartition(TOPIC, 0): 3})
+        assert len(sink.writes) == 1
