@@ -34,12 +34,10 @@ FAULT_REDIS = os.environ.get("FAULT_REDIS_URL", "redis://127.0.0.1:16379/0")
 FAULTSTREAM = Path(sys.executable).parent / "faststream"
 PARTITIONS = 6
 
-# What every service process of the suite runs with (on top of the scenario's own settings):
-# coalesced commits (flushed on revoke and shutdown; the suite proves that safe), short leases
+# What every service process of the suite runs with, on top of the defaults (which coalesce
+# commits with dedup; the suite proves that safe) and the scenario's own settings: short leases
 # so a killed process's in-flight event is picked up in seconds, small transient backoff.
 SERVICE_ENV = {
-    "ALPHA_CONSUMER__COMMIT_EVERY": "100",
-    "ALPHA_CONSUMER__COMMIT_INTERVAL_S": "0.5",
     # Kafka's smallest allowed session: a SIGKILLed member's partitions move after 6 s, not 10 s.
     "ALPHA_CONSUMER__SESSION_TIMEOUT_MS": "6000",
     "ALPHA_CONSUMER__HEARTBEAT_INTERVAL_MS": "2000",
