@@ -242,14 +242,14 @@ class _DedupRuntime(BaseMiddleware[Any, Any]):
         self, call_next: AsyncFuncAny, msg: StreamMessage[Any], keys: list[str], state: MessageState
     ) -> Any:
         config = self._config
-        renewal = _LeaseRenewal(config, keys, self._owner)
+        renewer = asyncio.create_task(self._renew_forever(keys))
         try:
             result = await call_next(msg)
         except BaseException:
-            renewal.stop()
+            renewer.cancel()
             await self._release_quietly(keys)
             raise
-        renewal.stop()
+        renewer.cancel()
         try:
             await self._redis(config.mark_done, keys, [self._owner, config.done_ms], state)
         except (RedeliveryRequested, _FailOpen) as exc:
@@ -262,6 +262,15 @@ class _DedupRuntime(BaseMiddleware[Any, Any]):
             for key in keys:
                 config.cache.add(key)
         return result
+
+    async def _renew_forever(self, keys: list[str]) -> None:
+        config = self._config
+        while True:
+            await asyncio.sleep(config.renew_every_s)
+            try:
+                await config.renew(keys, [self._owner, config.lease_ms])
+            except _OUTAGE_ERRORS as exc:
+                log.warning("dedup: lease renewal failed (%s); retrying", exc)
 
     async def _release_quietly(self, keys: Sequence[str]) -> None:
         if not keys:
@@ -296,39 +305,6 @@ class _DedupRuntime(BaseMiddleware[Any, Any]):
                     ) from exc
                 await asyncio.sleep(min(delay, deadline - now))
                 delay = min(delay * 2, 1.0)
-
-
-class _LeaseRenewal:
-    """Renews the leases every `renew_every_s` while the handler runs.
-
-    A timer, not a task per message: most handlers finish long before the first renewal, and
-    creating, starting and cancelling a task cost more than the rest of dedup's own code.
-    """
-
-    __slots__ = ("_config", "_handle", "_keys", "_owner", "_task")
-
-    def __init__(self, config: DeduplicationMiddleware, keys: list[str], owner: str) -> None:
-        self._config = config
-        self._keys = keys
-        self._owner = owner
-        self._task: asyncio.Future[None] | None = None
-        self._handle = asyncio.get_running_loop().call_later(config.renew_every_s, self._due)
-
-    def _due(self) -> None:
-        self._task = asyncio.ensure_future(self._renew())
-
-    async def _renew(self) -> None:
-        config = self._config
-        try:
-            await config.renew(self._keys, [self._owner, config.lease_ms])
-        except _OUTAGE_ERRORS as exc:
-            log.warning("dedup: lease renewal failed (%s); retrying", exc)
-        self._handle = asyncio.get_running_loop().call_later(config.renew_every_s, self._due)
-
-    def stop(self) -> None:
-        self._handle.cancel()
-        if self._task is not None:
-            self._task.cancel()
 
 
 def _single_id(msg: StreamMessage[Any], state: MessageState) -> list[str]:
