@@ -28,7 +28,14 @@ from alpha_streaming.admin import broker_admin, connected_broker, ensure_topics
 from alpha_streaming.broker import make_broker
 from alpha_streaming.topic_selection import bootstrap_specs
 from examples.trading_pipeline.models import OrderFilled, Side
-from middlewares import CurrentBrokerContext, CurrentEnvelope, enhanced_stack
+from middlewares import (
+    CurrentBrokerContext,
+    CurrentEnvelope,
+    close_stack,
+    drain_stack,
+    enhanced_stack,
+    revoke_listener,
+)
 
 __all__ = ("FILLS", "POSITIONS", "PositionUpdated", "app", "broker", "positions")
 
@@ -67,6 +74,9 @@ positions: dict[tuple[str, str], Decimal] = {}
     group_id=settings.redpanda.group_id("position-keeper.fills"),
     auto_offset_reset="earliest",
     ack_policy=AckPolicy.MANUAL,
+    # With dedup, commits are coalesced (100 outcomes / 0.5 s): commit them when a rebalance
+    # takes partitions away, so the new owner does not re-read what is already done.
+    listener=revoke_listener(broker),
 )
 @broker.publisher(POSITIONS, schema=EventEnvelope, title=f"{POSITIONS}:{SERVICE}")
 async def on_fill(fill: OrderFilled, envelope: CurrentEnvelope, where: CurrentBrokerContext) -> KafkaResponse:
@@ -98,6 +108,14 @@ async def create_topics() -> None:
         await ensure_topics(broker_admin(admin), specs)
 
 
+@app.on_shutdown
+async def commit_pending() -> None:
+    """Before the consumers stop: commit coalesced offsets while this member is still in its group."""
+    await drain_stack(broker.middlewares)
+
+
 @app.after_shutdown
-async def close_redis() -> None:
+async def release() -> None:
+    """After the broker stopped: close the stack's dead-letter producer, then Redis."""
+    await close_stack(broker.middlewares)
     await redis.aclose()
