@@ -7,7 +7,7 @@ any order (the original wired only what was configured before `add_consumer_hand
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
@@ -127,14 +127,15 @@ class StreamServiceBuilder:
 
     def build(self) -> StreamService:
         """Validate the wiring and assemble the broker, subscribers, producer and app."""
-        from middlewares.stack import revoke_listener, verify_enhanced_broker
+        from middlewares.stack import close_stack, drain_stack, revoke_listener, verify_enhanced_broker
 
         specs = self._validate()
         broker, activity = self._make_broker()
         producer = ServiceProducer(broker, source=self._name) if self._producer_topics is not None else None
+        poll = self._settings.consumer
+        on_revoke = revoke_listener(broker)  # one listener serves every subscriber
         for consumer, spec in zip(self._consumers, specs, strict=True):
             handler = legacy_adapter(spec.func) if spec.kind is HandlerKind.LEGACY else spec.func
-            poll = self._settings.consumer
             subscriber = broker.subscriber(
                 *(Topic(t, declare=False) for t in consumer.topics),
                 group_id=self._config.group_id(consumer.group_id),
@@ -144,18 +145,25 @@ class StreamServiceBuilder:
                 session_timeout_ms=poll.session_timeout_ms,
                 heartbeat_interval_ms=poll.heartbeat_interval_ms,
                 max_poll_records=poll.max_poll_records,
-                listener=revoke_listener(broker),
+                listener=on_revoke,
             )
             subscriber(handler)
         for topic in self._producer_topics or ():
             broker.publisher(topic, schema=EventEnvelope, title=f"{topic}:{self._name}")
         verify_enhanced_broker(broker)
         app = FastStream(broker, specification=AsyncAPI(title=self._name))
-        # Before the broker stops, while its consumers can still commit: coalesced offsets.
-        app.on_shutdown(_drainer(broker))
-        # After the broker stopped (in-flight work done, producer flushed): release what the
-        # middlewares opened themselves, e.g. a dead-letter producer (seed-lessons #11).
-        app.after_shutdown(_closer(broker))
+
+        @app.on_shutdown
+        async def commit_pending() -> None:
+            """Before the broker stops, while its consumers can still commit: coalesced offsets."""
+            await drain_stack(broker.middlewares)
+
+        @app.after_shutdown
+        async def release_middlewares() -> None:
+            """After the broker stopped (in-flight work done, producer flushed): what the
+            middlewares opened themselves, e.g. a dead-letter producer (seed-lessons #11)."""
+            await close_stack(broker.middlewares)
+
         if producer is not None:
             app.context.set_global(PRODUCER_CONTEXT_KEY, producer)
         topics = dict.fromkeys(
@@ -269,21 +277,3 @@ def _topic_problems(topics: Sequence[str], *, empty: bool = True) -> list[str]:
     if duplicates:
         found.append(f"topic(s) {duplicates!r} listed twice")
     return found
-
-
-def _drainer(broker: KafkaBroker) -> Callable[[], Awaitable[None]]:
-    async def drain_middlewares() -> None:
-        from middlewares.stack import drain_stack
-
-        await drain_stack(broker.middlewares)
-
-    return drain_middlewares
-
-
-def _closer(broker: KafkaBroker) -> Callable[[], Awaitable[None]]:
-    async def close_middlewares() -> None:
-        from middlewares.stack import close_stack
-
-        await close_stack(broker.middlewares)
-
-    return close_middlewares

@@ -80,11 +80,8 @@ class CommitWindow:
 
     async def add(self, records: Iterable[ConsumerRecord[Any, Any]], *, flush: bool = False) -> None:
         pending = self._pending
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            offset = record.offset + 1
-            if pending.get(tp, 0) < offset:
-                pending[tp] = offset
+        for tp, offset in next_offsets(records).items():
+            pending[tp] = max(pending.get(tp, 0), offset)
         self._count += 1
         if flush or self._count >= self._every:
             await self.flush()

@@ -26,6 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from alpha_streaming import EventEnvelope, RedpandaProducer, RedpandaSettings
 from alpha_streaming.dlq import DeadLetter
+from alpha_streaming.log_reader import read_bounded
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = REPO / "scripts" / "stack.sh"
@@ -308,52 +309,38 @@ class Scenario:
 
     async def read_topic(self, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
         """Every record of `topic`, read without a group (nothing committed)."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.stack.kafka, enable_auto_commit=False, auto_offset_reset="earliest"
-        )
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.stack.kafka, enable_auto_commit=False)
         await consumer.start()
         try:
             partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
             consumer.assign(partitions)
-            ends = await consumer.end_offsets(partitions)
-            records: list[ConsumerRecord[bytes, bytes]] = []
-            async with asyncio.timeout(60):
-                while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-                    batch = await consumer.getmany(timeout_ms=500, max_records=5000)
-                    for part in batch.values():
-                        records.extend(
-                            r for r in part if r.offset < ends[TopicPartition(r.topic, r.partition)]
-                        )
-            return records
+            await consumer.seek_to_beginning(*partitions)
+            return [record async for record in read_bounded(consumer)]
         finally:
             await consumer.stop()
-
-    async def lag(self) -> int:
-        """Records of the topic not yet covered by the group's committed offsets."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.stack.kafka, request_timeout_ms=15_000)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.stack.kafka, enable_auto_commit=False)
-        await admin.start()
-        await consumer.start()
-        try:
-            committed = await admin.list_consumer_group_offsets(self.group)
-            partitions = [TopicPartition(self.topic, p) for p in range(PARTITIONS)]
-            ends = await consumer.end_offsets(partitions)
-            return sum(
-                end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
-                for tp, end in ends.items()
-            )
-        finally:
-            await consumer.stop()
-            await admin.close()
 
     async def committed(self) -> dict[int, int]:
+        """The group's committed offset per partition of the topic (partitions never committed: 0)."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self.stack.kafka, request_timeout_ms=15_000)
         await admin.start()
         try:
             found = await admin.list_consumer_group_offsets(self.group)
-            return {tp.partition: meta.offset for tp, meta in found.items() if tp.topic == self.topic}
         finally:
             await admin.close()
+        offsets = {p: 0 for p in range(PARTITIONS)}
+        offsets.update({tp.partition: m.offset for tp, m in found.items() if tp.topic == self.topic})
+        return offsets
+
+    async def lag(self) -> int:
+        """Records of the topic not yet covered by the group's committed offsets."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.stack.kafka, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            ends = await consumer.end_offsets([TopicPartition(self.topic, p) for p in range(PARTITIONS)])
+        finally:
+            await consumer.stop()
+        committed = await self.committed()
+        return sum(end - max(committed[tp.partition], 0) for tp, end in ends.items())
 
 
 async def wait_until(
@@ -376,6 +363,18 @@ async def wait_until(
             logs = scenario.logs() if scenario else ""
             raise AssertionError(f"{what}: not reached within {within:.0f} s\n{logs}")
         await asyncio.sleep(every)
+
+
+async def outage(scenario: Scenario, stop: Callable[[], None], start: Callable[[], None]) -> dict[str, float]:
+    """Stop a dependency for 10 s (the stack script's calls run in a thread, so producing and
+    consuming go on meanwhile), start it again; effects during the outage and time to recover."""
+    await asyncio.to_thread(stop)
+    at_stop = scenario.effect_count()
+    await asyncio.sleep(10)
+    at_restart = scenario.effect_count()
+    await asyncio.to_thread(start)
+    recovered = await wait_for_progress(scenario, at_restart, within=120)
+    return {"effects_during_outage": at_restart - at_stop, "recover_s": round(recovered, 2)}
 
 
 async def wait_for_progress(scenario: Scenario, beyond: int, *, within: float) -> float:
@@ -463,6 +462,9 @@ async def run_to_completion(scenario: Scenario, events: Sequence[Event], *, with
     good = {e.event_id for e in events if not e.poison}
 
     async def complete() -> bool:
+        # The cheap count first: the ledger is parsed and Kafka asked only near the end.
+        if scenario.effect_count() < len(good):
+            return False
         if not good <= {effect.event_id for effect in scenario.effects()}:
             return False
         return await scenario.lag() == 0

@@ -24,6 +24,7 @@ from tests.fault._harness import (
     Scenario,
     Verdict,
     make_events,
+    outage,
     publish,
     run_to_completion,
     verify,
@@ -133,22 +134,11 @@ async def test_kafka_stopped_for_10_s_while_producing_and_consuming(scenario: Ma
     # Paced over ~20 s, so the outage hits the producer and the consumer alike.
     producing = asyncio.create_task(publish(s.stack.kafka, s.topic, events, rate=N / 20))
     await wait_for_progress(s, N // 5, within=120)
-    await asyncio.to_thread(s.stack.stop_kafka)
-    at_stop = s.effect_count()
-    await asyncio.sleep(10)
-    await asyncio.to_thread(s.stack.start_kafka)
-    at_restart = s.effect_count()
-    recovered = await wait_for_progress(s, at_restart, within=120)
+    figures = await outage(s, s.stack.stop_kafka, s.stack.start_kafka)
     resent = await producing
     await run_to_completion(s, events, within=COMPLETION_TIMEOUT_S)
     s.stop_all()
-    verdict = await verify(
-        s,
-        events,
-        effects_during_outage=at_restart - at_stop,
-        producer_resends=resent,
-        recover_s=round(recovered, 2),
-    )
+    verdict = await verify(s, events, producer_resends=resent, **figures)
     report(verdict)
     assert_exactly_once(verdict)
     # The idempotent producer's own retries across the outage wrote no record twice; only a send
@@ -163,27 +153,16 @@ async def test_redis_stopped_for_10_s_pauses_and_resumes_without_duplicates(scen
     await publish(s.stack.kafka, s.topic, events)
     s.spawn()
     await wait_for_progress(s, N // 4, within=120)
-    await asyncio.to_thread(s.stack.stop_redis)
-    at_stop = s.effect_count()
-    await asyncio.sleep(10)
-    at_restart = s.effect_count()
-    await asyncio.to_thread(s.stack.start_redis)
-    recovered = await wait_for_progress(s, at_restart, within=120)
+    figures = await outage(s, s.stack.stop_redis, s.stack.start_redis)
     await run_to_completion(s, events, within=COMPLETION_TIMEOUT_S)
     s.stop_all()
     paused = s.outcome_counts().get("mode:paused", 0)
-    verdict = await verify(
-        s,
-        events,
-        effects_during_outage=at_restart - at_stop,
-        paused_messages=paused,
-        recover_s=round(recovered, 2),
-    )
+    verdict = await verify(s, events, paused_messages=paused, **figures)
     report(verdict)
     assert_exactly_once(verdict)
     # Default policy: pause. At most the one message in flight when Redis went away finishes
     # (its done marker waits for Redis); nothing runs without dedup while Redis is down.
-    assert at_restart - at_stop <= 1, verdict.line()
+    assert figures["effects_during_outage"] <= 1, verdict.line()
     assert paused >= 1, f"no message met the outage: {verdict.line()}"
 
 
