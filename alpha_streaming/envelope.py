@@ -83,12 +83,18 @@ class EventEnvelope(BaseModel):
         parent: EventEnvelope | None = None,
         trace_id: str | None = None,
         parent_trace_id: str | None = None,
+        id: str | None = None,
     ) -> EventEnvelope:
-        """Build a new event; with `parent`, it joins the parent's correlation chain as its child."""
+        """Build a new event; with `parent`, it joins the parent's correlation chain as its child.
+
+        `id` defaults to a new UUIDv7; the enhanced tier passes a child's deterministic id.
+        """
         # Stored in JSON form (Decimal -> "1.10"), so an envelope equals itself after a round trip;
         # the payload model turns the values back into Decimal/datetime on the consuming side.
         payload = pydantic_core.to_jsonable_python(data, by_alias=True)
+        identity = {"id": id} if id is not None else {}
         return cls(
+            **identity,
             type=type,
             source=source,
             key=key,

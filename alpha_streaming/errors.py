@@ -14,6 +14,7 @@ Every error alpha-streaming raises on purpose.
         │   └── EnvelopeError (ValueError) the body is not a valid EventEnvelope
         ├── BusinessError                 breaks a business rule; a short retry budget of its own
         └── TransientError                may succeed later: retry with backoff
+            ├── OutputPublishError        Kafka did not acknowledge an output of the handler
             ├── InfrastructureError       a dependency (DB, Redis, HTTP) is down
             ├── RateLimitError            an upstream asked us to slow down
             └── AuthenticationError       credentials refused (one attempt by default: no retry)
@@ -33,6 +34,7 @@ __all__ = (
     "EnvelopeError",
     "InfrastructureError",
     "KafkaClientError",
+    "OutputPublishError",
     "PermanentError",
     "PoisonMessageError",
     "ProcessingError",
@@ -101,6 +103,14 @@ class TransientError(ProcessingError):
     """May succeed if tried again later."""
 
     retriable = True
+
+
+class OutputPublishError(TransientError):
+    """An event the handler returned was not acknowledged by Kafka.
+
+    The message is not done: its dedup lease is released and it is retried like any transient
+    failure (the handler runs again and emits the same child ids), then dead-lettered.
+    """
 
 
 class InfrastructureError(TransientError):

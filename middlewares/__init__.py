@@ -6,6 +6,7 @@ from middlewares.dedup import DeduplicationMiddleware
 from middlewares.envelope import CurrentBrokerContext, CurrentEnvelope, EnvelopeMiddleware
 from middlewares.error_routing import ErrorRoutingMiddleware
 from middlewares.metrics import MetricsMiddleware
+from middlewares.outputs import OutputsMiddleware
 from middlewares.retry import RetryPolicy
 from middlewares.stack import RevokeListener, close_stack, drain_stack, enhanced_stack, revoke_listener
 
@@ -16,6 +17,7 @@ __all__ = (
     "EnvelopeMiddleware",
     "ErrorRoutingMiddleware",
     "MetricsMiddleware",
+    "OutputsMiddleware",
     "RetryPolicy",
     "RevokeListener",
     "close_stack",

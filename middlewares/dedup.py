@@ -6,9 +6,11 @@ One Redis key per event and consumer group, `alpha:dedup:{namespace}:{group}:{ev
   one event or a whole batch;
 - while the handler runs, a background task renews the lease, so a slow handler is not run a
   second time by another consumer;
-- success: the lease becomes the done marker (`done_ttl_s`) if we still own it (Lua);
-- failure (any exception, dead-lettering included): the lease is released if we own it (Lua),
-  so a retry or a later replay from the DLQ runs the handler again.
+- success (a return, or `AckMessage` from the handler or from `OutputsMiddleware` once the
+  returned event was acknowledged by Kafka): the lease becomes the done marker (`done_ttl_s`)
+  if we still own it (Lua);
+- failure (any other exception, `NackMessage`/`RejectMessage` and dead-lettering included): the
+  lease is released if we own it (Lua), so a retry or a later replay from the DLQ runs again.
 A duplicate whose done marker exists is acknowledged without running the handler and without
 publishing anything (`AckMessage`, outcome DEDUPLICATED). A duplicate that finds the lease held
 (the original is in flight elsewhere) waits, polling with backoff up to the lease TTL, until it
@@ -241,15 +243,25 @@ class _DedupRuntime(BaseMiddleware[Any, Any]):
     async def _run(
         self, call_next: AsyncFuncAny, msg: StreamMessage[Any], keys: list[str], state: MessageState
     ) -> Any:
-        config = self._config
         renewer = asyncio.create_task(self._renew_forever(keys))
         try:
             result = await call_next(msg)
+        except AckMessage:
+            # The handler finished (its own `AckMessage`, or `OutputsMiddleware` after the
+            # returned event was acknowledged): done, like a return.
+            renewer.cancel()
+            await self._mark_done(keys, state)
+            raise
         except BaseException:
             renewer.cancel()
             await self._release_quietly(keys)
             raise
         renewer.cancel()
+        await self._mark_done(keys, state)
+        return result
+
+    async def _mark_done(self, keys: list[str], state: MessageState) -> None:
+        config = self._config
         try:
             await self._redis(config.mark_done, keys, [self._owner, config.done_ms], state)
         except (RedeliveryRequested, _FailOpen) as exc:
@@ -261,7 +273,6 @@ class _DedupRuntime(BaseMiddleware[Any, Any]):
         else:
             for key in keys:
                 config.cache.add(key)
-        return result
 
     async def _renew_forever(self, keys: list[str]) -> None:
         config = self._config

@@ -108,14 +108,14 @@ class EnvelopeMiddleware:
 
 
 class _EnvelopeRuntime(BaseMiddleware[Any, Any]):
-    __slots__ = ("_consumed", "_source")
+    __slots__ = ("_run", "_source")
 
     def __init__(self, msg: Any, /, *, context: ContextRepo, source: str) -> None:
         super().__init__(msg, context=context)
         self._source = source
-        # FastStream publishes a handler's return value after `consume_scope` has returned,
-        # through this same object: the consumed event stays the parent of that publish.
-        self._consumed: EventEnvelope | None = None
+        # A publish FastStream makes after `consume_scope` returned (a reply) goes through this
+        # same object: the consumed event's run stays its parent and keeps counting child ids.
+        self._run: lineage.HandlerRun | None = None
 
     async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
         raw = msg.raw_message
@@ -126,14 +126,14 @@ class _EnvelopeRuntime(BaseMiddleware[Any, Any]):
         state = state_of(msg)
         state.envelope = envelope
         state.broker_context = where
-        self._consumed = envelope
         msg.body = serialization.dumps(envelope.data)
         msg.content_type = JSON
         msg.clear_cache()
         with (
             self.context.scopes(((ENVELOPE_KEY, envelope), (BROKER_CONTEXT_KEY, where))),
-            lineage.processing_event(envelope),
+            lineage.processing_event(envelope) as run,
         ):
+            self._run = run
             return await call_next(msg)
 
     async def _consume_batch(
@@ -154,7 +154,6 @@ class _EnvelopeRuntime(BaseMiddleware[Any, Any]):
         state.batch_envelopes = batch
         state.envelope = batch[0] if len(batch) == 1 else None
         state.broker_context = where
-        self._consumed = state.envelope
         msg.body = [serialization.dumps(envelope.data) for envelope in batch]
         msg.content_type = JSON
         msg.set_decoder(_decode_batch)
@@ -162,7 +161,7 @@ class _EnvelopeRuntime(BaseMiddleware[Any, Any]):
         with ExitStack() as stack:
             stack.enter_context(self.context.scopes(((ENVELOPES_KEY, batch), (BROKER_CONTEXT_KEY, where))))
             if state.envelope is not None:
-                stack.enter_context(lineage.processing_event(state.envelope))
+                self._run = stack.enter_context(lineage.processing_event(state.envelope))
             return await call_next(msg)
 
     async def publish_scope(
@@ -176,18 +175,22 @@ class _EnvelopeRuntime(BaseMiddleware[Any, Any]):
             # Bytes sent with an event id are envelopes forwarded as they are (a relay, a replay).
             return await call_next(cmd)
         trace_id = _trace_id(headers)
-        parent = lineage.current_event() or self._consumed
+        run = lineage.current_run() or self._run
         destination = cmd.destination
         explicit_type = headers.get(EnvelopeHeaders.TYPE)
+        explicit_id = headers.get(EnvelopeHeaders.ID) if len(bodies) == 1 else None
         key_for = getattr(cmd, "key_for", None)
         envelopes = [
-            _wrap(
+            body
+            if isinstance(body, EventEnvelope)
+            else _wrap(
                 body,
+                id_=explicit_id or (run.next_child_id(destination) if run is not None else None),
                 type_=explicit_type,
                 destination=destination,
                 source=self._source,
                 key=key_for(index) if key_for is not None else getattr(cmd, "key", None),
-                parent=parent,
+                parent=run.event if run is not None else None,
                 trace_id=trace_id,
             )
             for index, body in enumerate(bodies)
@@ -207,6 +210,7 @@ class _EnvelopeRuntime(BaseMiddleware[Any, Any]):
 def _wrap(
     body: Any,
     *,
+    id_: str | None,
     type_: str | None,
     destination: str,
     source: str,
@@ -214,9 +218,8 @@ def _wrap(
     parent: EventEnvelope | None,
     trace_id: str | None,
 ) -> EventEnvelope:
-    if isinstance(body, EventEnvelope):
-        return body
     return EventEnvelope.create(
+        id=id_,
         type=type_ or (type(body).__name__ if isinstance(body, BaseModel) else destination),
         data=_payload(body),
         source=source,

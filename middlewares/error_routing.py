@@ -1,19 +1,20 @@
 """`ErrorRoutingMiddleware`: retries, dead-lettering and the offset commit of every message.
 
 It owns delivery for enhanced subscribers (which run with `AckPolicy.MANUAL`):
-- success, duplicate (dedup's `AckMessage`), or a handler's own `AckMessage` -> PROCESSED or
-  DEDUPLICATED, offset committed;
+- success, or `AckMessage` (raised by the handler, by `OutputsMiddleware` once the returned event
+  was acknowledged, or by dedup for a duplicate) -> PROCESSED or DEDUPLICATED, offset committed;
 - an error -> classified by the `RetryPolicy`; retried in-process after a backoff, by calling
   the inner chain again (the envelope middleware re-reads the original bytes, dedup re-claims);
   when the budget is spent -> written to `<topic>.dlq`, and only once the broker acknowledged
-  that write -> DEAD_LETTERED, offset committed;
-- `RedeliveryRequested` (Redis down too long), a handler's `NackMessage`, or a DLQ write that
-  failed -> REDELIVER: nothing committed; after `policy.redelivery_delay_s` the consumer seeks
-  back to the record, so it comes again (no hot loop, never dropped).
+  that write -> DEAD_LETTERED, offset committed. A handler's `NackMessage` is such an error
+  (transient: retried, then dead-lettered); its `RejectMessage` is dead-lettered at once;
+- `RedeliveryRequested` (Redis down too long), or a DLQ write that failed -> REDELIVER: nothing
+  committed; after `policy.redelivery_delay_s` the consumer seeks back to the record, so it
+  comes again (no hot loop, never dropped).
 
 Commits carry explicit offsets (`{TopicPartition: offset + 1}`; a batch commits the highest
-offset + 1 per partition). They happen in `after_processed`, i.e. after FastStream published
-the handler's return value, so an output that failed to publish is not committed past. Every
+offset + 1 per partition). They happen in `after_processed`, after every output of the message
+was acknowledged (`OutputsMiddleware`) and dedup wrote its done marker. Every
 outcome is committed before the consumer moves on with `commit_every=1`: one broker round trip
 per message (7-10 ms on a local Kafka 4.1, whose group coordinator lingers before appending).
 `commit_every=N` coalesces them (see `CommitWindow`; `enhanced_stack` makes it the default with
@@ -36,7 +37,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from faststream import BaseMiddleware
-from faststream.exceptions import AckMessage, HandlerException, NackMessage, RejectMessage
+from faststream.exceptions import AckMessage, HandlerException, RejectMessage
 from faststream.message import SourceType
 from faststream.middlewares import AckPolicy
 
@@ -45,7 +46,7 @@ from middlewares._committer import CommitWindow, commit_records, is_fake, seek_b
 from middlewares._dead_letter import DeadLetterSink, DeadLetterWriter
 from middlewares._state import MessageState, Outcome, state_of
 from middlewares.metrics import RAW_OUTCOME_ATTRIBUTE
-from middlewares.retry import RetryPolicy
+from middlewares.retry import Budget, RetryPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -61,6 +62,7 @@ __all__ = ("ErrorRoutingMiddleware", "wrong_ack_policy")
 log = logging.getLogger(__name__)
 
 _DEFAULT_POLICY = RetryPolicy()
+_REJECTED = Budget(max_attempts=1)
 # Where a record's own header bytes wait while FastStream parses an escaped copy of them.
 ORIGINAL_HEADERS_ATTRIBUTE = "_alpha_original_headers"
 
@@ -259,19 +261,22 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
             state.attempts = attempt
             try:
                 result = await call_next(msg)
-            except (AckMessage, RejectMessage):
-                # Dedup found a duplicate, or the handler acknowledged explicitly.
+            except AckMessage:
+                # Done: the handler acknowledged (after its returned event was acknowledged by
+                # Kafka, when `OutputsMiddleware` raised it), or dedup found a duplicate.
                 if state.outcome is None:
                     state.outcome = Outcome.PROCESSED
                 self._commit = self._suppress = True
                 raise
-            except (RedeliveryRequested, NackMessage) as exc:
+            except RedeliveryRequested as exc:
                 state.error = exc
                 await self._redeliver(state, exc)
                 raise AckMessage() from exc
             except Exception as exc:
+                # `NackMessage` is "not now": a transient failure. `RejectMessage` is "never":
+                # dead-lettered at once, whatever the policy, so it is not silently dropped.
                 state.error = exc
-                budget = policy.budget_for(exc)
+                budget = _REJECTED if isinstance(exc, RejectMessage) else policy.budget_for(exc)
                 if attempt < budget.max_attempts:
                     state.retries += 1
                     delay = policy.delay_s(budget, attempt)
@@ -305,7 +310,7 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
             if isinstance(exc_val, Exception) and not isinstance(exc_val, HandlerException):
                 return await self._unparsable(exc_val)
             return None
-        ours = exc_type is not None and self._suppress and issubclass(exc_type, AckMessage | RejectMessage)
+        ours = exc_type is not None and self._suppress and issubclass(exc_type, AckMessage)
         if self._commit and (exc_type is None or ours):
             await self._commit_quietly()
         elif self._commit:

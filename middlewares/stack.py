@@ -9,8 +9,11 @@ Outermost first:
    the DLQ like any handler error, and a retry re-runs unwrap, dedup claim and handler together
    (dedup released its lease on the failure, so the retry can claim it again).
 3. `EnvelopeMiddleware`: before dedup, because dedup keys on the envelope id it validated.
-4. `DeduplicationMiddleware` (only with Redis), right around the handler: it claims just
-   before the handler runs and marks done right after it succeeded.
+4. `DeduplicationMiddleware` (only with Redis): it claims just before the handler runs and
+   marks done once the handler and its outputs succeeded.
+5. `OutputsMiddleware`, innermost: publishes the handler's return value and waits for Kafka's
+   acknowledgement before dedup's done marker and error routing's commit (FastStream itself
+   would publish it only after both).
 
 Enhanced subscribers must run with `AckPolicy.MANUAL` (error routing commits). `enhanced_broker`
 builds a broker that has it as the default; `verify_enhanced_broker` rejects any subscriber
@@ -40,6 +43,7 @@ from middlewares.dedup import DeduplicationMiddleware
 from middlewares.envelope import EnvelopeMiddleware
 from middlewares.error_routing import ErrorRoutingMiddleware, wrong_ack_policy
 from middlewares.metrics import MetricsMiddleware
+from middlewares.outputs import OutputsMiddleware
 from middlewares.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -116,6 +120,7 @@ def enhanced_stack(
                 redis, namespace=dedup_namespace or service.replace(":", "-"), settings=settings
             )
         )
+    stack.append(OutputsMiddleware())
     return tuple(stack)
 
 

@@ -31,6 +31,7 @@ from middlewares.dedup import DeduplicationMiddleware
 from middlewares.envelope import EnvelopeMiddleware
 from middlewares.error_routing import ErrorRoutingMiddleware
 from middlewares.metrics import MetricsMiddleware
+from middlewares.outputs import OutputsMiddleware
 from middlewares.retry import RetryPolicy
 from middlewares.stack import enhanced_stack
 
@@ -157,6 +158,7 @@ async def _run(case: Case) -> tuple[dict[str, float], list[Fill], _Sink]:
         ErrorRoutingMiddleware,
         EnvelopeMiddleware,
         DeduplicationMiddleware,
+        OutputsMiddleware,
     ]
     stack[1].dead_letter = sink
     broker = KafkaBroker(middlewares=stack)
