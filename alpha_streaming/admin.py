@@ -108,7 +108,7 @@ async def connected_broker(config: RedpandaSettings) -> AsyncIterator[KafkaBroke
         await _stop_orphan_producers(exc)
         await broker.stop()
         raise KafkaClientError(
-            f"cannot connect to Kafka at {config.bootstrap_servers}: {describe_error(exc)}; "
+            f"cannot connect to Kafka at {config.bootstrap_servers_text}: {describe_error(exc)}; "
             "check --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS"
         ) from exc
     try:

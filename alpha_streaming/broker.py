@@ -54,6 +54,7 @@ def make_broker(
     `options` are passed to `KafkaBroker` as they are (e.g. `ack_policy`, `graceful_timeout`).
     """
     return KafkaBroker(
+        # A list: KafkaBroker wraps a string into a one-item list, which aiokafka never splits.
         config.bootstrap_servers,
         client_id=config.client_id,
         security=broker_security(config),

@@ -2,7 +2,8 @@
 
 Environment variables:
 - `RedpandaSettings`: prefix `ALPHA_REDPANDA_` (e.g. `ALPHA_REDPANDA_CLIENT_ID`);
-  the bootstrap servers also come from plain `KAFKA_BOOTSTRAP_SERVERS`.
+  the bootstrap servers also come from plain `KAFKA_BOOTSTRAP_SERVERS`, as a comma-separated
+  list (`host1:9092,host2:9092`) that becomes one address per item.
 - `Settings`: prefix `ALPHA_`, nested fields with `__` (e.g. `ALPHA_DEDUP__LEASE_TTL_S=10`);
   the Redis URL also comes from plain `REDIS_URL`.
 Secrets (SASL password, a password inside the Redis URL) never appear in `repr` or `str`.
@@ -14,7 +15,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from alpha_streaming.errors import ConfigError
 
@@ -50,8 +51,10 @@ class RedpandaSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ALPHA_REDPANDA_", extra="forbid")
 
-    bootstrap_servers: str = Field(
-        default=DEFAULT_BOOTSTRAP_SERVERS,
+    # A list, never one "a:1,b:2" string: FastStream's KafkaBroker wraps a string into a one-item
+    # list that aiokafka never splits. NoDecode hands env strings to the validator, not to JSON.
+    bootstrap_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [DEFAULT_BOOTSTRAP_SERVERS],
         validation_alias=AliasChoices(
             "bootstrap_servers", "ALPHA_REDPANDA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"
         ),
@@ -69,17 +72,21 @@ class RedpandaSettings(BaseSettings):
     max_batch_size: int = Field(default=65536, gt=0)
     request_timeout_ms: int = Field(default=30000, gt=0)
 
-    @field_validator("bootstrap_servers")
+    @field_validator("bootstrap_servers", mode="before")
     @classmethod
-    def _servers_have_ports(cls, value: str) -> str:
-        servers = [s.strip() for s in value.split(",") if s.strip()]
+    def _servers_are_host_port_list(cls, value: Any) -> Any:
+        """Split comma-separated strings (env var, CLI flag, kwargs) into one address per item."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
+            return value  # not strings: pydantic's list[str] check names the problem
+        servers = [part.strip() for item in items for part in item.split(",") if part.strip()]
         bad = [s for s in servers if not s.rpartition(":")[2].isdigit()]
         if not servers or bad:
             raise ConfigError(
-                f"bootstrap_servers must be host:port[,host:port...], got {value!r}; "
+                f"bootstrap_servers must be host:port[,host:port...], got {','.join(items)!r}; "
                 "set KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 for the local stack"
             )
-        return ",".join(servers)
+        return servers
 
     @model_validator(mode="after")
     def _sasl_is_complete(self) -> RedpandaSettings:
@@ -95,6 +102,11 @@ class RedpandaSettings(BaseSettings):
                 f"{self.security_protocol}; use SASL_PLAINTEXT or SASL_SSL"
             )
         return self
+
+    @property
+    def bootstrap_servers_text(self) -> str:
+        """The addresses as `host:port,host:port`, for messages and logs (not a list repr)."""
+        return ",".join(self.bootstrap_servers)
 
     def group_id(self, name: str) -> str:
         """A consumer group id with this deployment's prefix."""

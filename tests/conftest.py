@@ -57,9 +57,14 @@ def answers(host: str, port: int, timeout: float = 2.0) -> bool:
 
 
 def host_port(address: str, default_port: int) -> tuple[str, int]:
-    address = address.split("://", 1)[-1].split("@")[-1].split("/")[0].split(",")[0]
+    address = address.split("://", 1)[-1].split("@")[-1].split("/")[0]
     host, _, port = address.rpartition(":")
     return (host, int(port)) if host else (address, default_port)
+
+
+def any_answers(addresses: str, default_port: int) -> bool:
+    """A bootstrap list is reachable when any of its addresses answers, as for the clients."""
+    return any(answers(*host_port(a.strip(), default_port)) for a in addresses.split(",") if a.strip())
 
 
 def docker_answers() -> bool:
@@ -124,7 +129,7 @@ def endpoints() -> Iterator[Endpoints]:
         if redis_url is None:
             unavailable("Redis (REDIS_URL unset and no Docker engine)")
         assert kafka is not None and redis_url is not None
-        if not answers(*host_port(kafka, 9092)):
+        if not any_answers(kafka, 9092):
             unavailable(f"Kafka at {kafka}")
         if not answers(*host_port(redis_url, 6379)):
             unavailable(f"Redis at {redis_url}")

@@ -84,7 +84,7 @@ async def _until(check: Callable[[], Awaitable[bool]], *, timeout_s: float, what
         await asyncio.sleep(0.2)
 
 
-async def _group_positions(bootstrap: str, config: RedpandaSettings) -> list[GroupPosition]:
+async def _group_positions(bootstrap: list[str], config: RedpandaSettings) -> list[GroupPosition]:
     positions: list[GroupPosition] = []
     for consumer in consumers():
         group = config.group_id(consumer.group)
@@ -94,7 +94,7 @@ async def _group_positions(bootstrap: str, config: RedpandaSettings) -> list[Gro
     return positions
 
 
-async def _drained(bootstrap: str, config: RedpandaSettings) -> bool:
+async def _drained(bootstrap: list[str], config: RedpandaSettings) -> bool:
     """Every group has committed up to the log end, and no record arrived meanwhile."""
     before = await wire.end_offsets(bootstrap, pipeline_topics())
     positions = await _group_positions(bootstrap, config)
@@ -146,7 +146,8 @@ async def run_demo(*, duration_s: float, rate_per_s: float, settings: Settings |
         update={"redpanda": config, "dedup": DedupSettings(done_ttl_s=3600.0, lease_ttl_s=10.0)}
     )
     bootstrap = config.bootstrap_servers
-    say(f"run {run_id}: Kafka {bootstrap}, feed {duration_s:.0f} s at {rate_per_s:.0f} ticks/s")
+    kafka = config.bootstrap_servers_text
+    say(f"run {run_id}: Kafka {kafka}, feed {duration_s:.0f} s at {rate_per_s:.0f} ticks/s")
 
     topics = [*pipeline_topics()]
     specs = bootstrap_specs(

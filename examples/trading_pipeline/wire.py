@@ -46,7 +46,7 @@ class WireRecord(StoredRecord):
             return None
 
 
-async def partitions_of(bootstrap: str, topics: Iterable[str]) -> list[TopicPartition]:
+async def partitions_of(bootstrap: list[str], topics: Iterable[str]) -> list[TopicPartition]:
     """Every partition of `topics`; raises `LookupError` for a topic that does not exist."""
     names = list(topics)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -61,7 +61,7 @@ async def partitions_of(bootstrap: str, topics: Iterable[str]) -> list[TopicPart
     return [TopicPartition(name, p) for name in names for p in range(counts[name])]
 
 
-async def end_offsets(bootstrap: str, topics: Iterable[str]) -> Offsets:
+async def end_offsets(bootstrap: list[str], topics: Iterable[str]) -> Offsets:
     """The next offset to be written on every partition of `topics` (the log end)."""
     partitions = await partitions_of(bootstrap, topics)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -73,7 +73,7 @@ async def end_offsets(bootstrap: str, topics: Iterable[str]) -> Offsets:
         await consumer.stop()
 
 
-async def read_range(bootstrap: str, start: Offsets, end: Offsets) -> list[WireRecord]:
+async def read_range(bootstrap: list[str], start: Offsets, end: Offsets) -> list[WireRecord]:
     """Every record from `start` (inclusive) to `end` (exclusive), per partition, in offset order."""
     wanted = {tp: (start.get(tp, 0), stop) for tp, stop in end.items() if stop > start.get(tp, 0)}
     if not wanted:
@@ -92,7 +92,7 @@ async def read_range(bootstrap: str, start: Offsets, end: Offsets) -> list[WireR
         await consumer.stop()
 
 
-async def seed_group(bootstrap: str, group_id: str, offsets: Offsets) -> None:
+async def seed_group(bootstrap: list[str], group_id: str, offsets: Offsets) -> None:
     """Make a new consumer group start at `offsets` (instead of the earliest or latest record).
 
     A run-scoped group seeded at the log ends of the run's start reads this run's records only.
@@ -106,7 +106,7 @@ async def seed_group(bootstrap: str, group_id: str, offsets: Offsets) -> None:
         await consumer.stop()
 
 
-async def committed_offsets(bootstrap: str, group_id: str) -> Offsets:
+async def committed_offsets(bootstrap: list[str], group_id: str) -> Offsets:
     """The offsets `group_id` has committed, per partition."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()

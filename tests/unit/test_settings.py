@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from alpha_streaming import RedpandaSettings, Settings
+from alpha_streaming.errors import ConfigError
 from alpha_streaming.settings import mask_url
 
 
@@ -16,7 +17,7 @@ def test_environment_configures_both_levels(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("ALPHA_DEDUP__LEASE_TTL_S", "12.5")
     monkeypatch.setenv("ALPHA_DEDUP__ON_REDIS_OUTAGE", "fail_open")
     settings = Settings()
-    assert settings.redpanda.bootstrap_servers == "k1:9092,k2:9093"
+    assert settings.redpanda.bootstrap_servers == ["k1:9092", "k2:9093"]
     assert settings.redpanda.client_id == "risk"
     assert settings.redis_url == "redis://cache:6380/2"
     assert settings.dedup.lease_ttl_s == 12.5
@@ -26,7 +27,72 @@ def test_environment_configures_both_levels(monkeypatch: pytest.MonkeyPatch) -> 
 def test_prefixed_variable_wins_over_plain_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "plain:1")
     monkeypatch.setenv("ALPHA_REDPANDA_BOOTSTRAP_SERVERS", "prefixed:2")
-    assert RedpandaSettings().bootstrap_servers == "prefixed:2"
+    assert RedpandaSettings().bootstrap_servers == ["prefixed:2"]
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "k1:9092,k2:9093,k3:9094",
+        " k1:9092 ,, k2:9093 , k3:9094, ",
+        ["k1:9092", "k2:9093", "k3:9094"],
+        [" k1:9092", "k2:9093,k3:9094", ""],
+        ("k1:9092", "k2:9093", "k3:9094"),
+    ],
+    ids=["comma-string", "whitespace-and-empties", "list", "list-with-comma-item", "tuple"],
+)
+def test_bootstrap_servers_become_one_address_per_item(given: str | list[str] | tuple[str, ...]) -> None:
+    # aiokafka never splits a list item: "k1:9092,k2:9093" must not survive as one address.
+    config = RedpandaSettings(bootstrap_servers=given)
+    assert config.bootstrap_servers == ["k1:9092", "k2:9093", "k3:9094"]
+    assert config.bootstrap_servers_text == "k1:9092,k2:9093,k3:9094"
+
+
+@pytest.mark.parametrize("variable", ["KAFKA_BOOTSTRAP_SERVERS", "ALPHA_REDPANDA_BOOTSTRAP_SERVERS"])
+def test_bootstrap_env_var_with_commas_is_split(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "ALPHA_REDPANDA_BOOTSTRAP_SERVERS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "10.0.0.1:39092, 10.0.0.2:39093,10.0.0.3:39094")
+    expected = ["10.0.0.1:39092", "10.0.0.2:39093", "10.0.0.3:39094"]
+    assert RedpandaSettings().bootstrap_servers == expected
+    assert Settings().redpanda.bootstrap_servers == expected
+
+
+def test_default_bootstrap_is_a_one_item_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("ALPHA_REDPANDA_BOOTSTRAP_SERVERS", raising=False)
+    assert RedpandaSettings().bootstrap_servers == ["127.0.0.1:9092"]
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ("k1:9092,localhost", "'k1:9092,localhost'"),
+        (" , ,", "' , ,'"),
+        (["k1:9092", "k2"], "'k1:9092,k2'"),
+        ([], "''"),
+        ("k1:port", "'k1:port'"),
+    ],
+)
+def test_bad_bootstrap_entry_names_the_servers_and_the_fix(given: str | list[str], shown: str) -> None:
+    with pytest.raises(ValidationError, match="host:port") as caught:
+        RedpandaSettings(bootstrap_servers=given)
+    message = str(caught.value)
+    assert f"got {shown}" in message
+    assert "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092" in message
+    assert isinstance(caught.value.errors()[0]["ctx"]["error"], ConfigError)
+
+
+def test_bad_bootstrap_env_var_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ALPHA_REDPANDA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2")
+    with pytest.raises(ValidationError, match="got 'k1:9092,k2'"):
+        RedpandaSettings()
+
+
+def test_non_string_bootstrap_entries_are_rejected() -> None:
+    with pytest.raises(ValidationError, match="valid string"):
+        RedpandaSettings(bootstrap_servers=[9092])
 
 
 def test_secrets_never_printed() -> None:
