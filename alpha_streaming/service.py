@@ -42,18 +42,23 @@ class ServiceProducer:
         value: BaseModel | Mapping[str, Any],
         key: str | None = None,
         event_type: str | None = None,
+        event_id: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> RecordMetadata | None:
         """Publish `value` as the `data` of a new envelope and wait for the broker's ack.
 
-        `event_type` defaults to the model's class name (the topic for a mapping). Returns the
-        record metadata (None under FastStream's in-memory test broker).
+        `event_type` defaults to the model's class name (the topic for a mapping). `event_id`
+        defaults to the deterministic child id inside a handler (a re-run sends the same id) and
+        to a new UUIDv7 elsewhere. Returns the record metadata (None under FastStream's
+        in-memory test broker).
         """
         if not topic:
             raise ConfigError("send() needs a topic, e.g. topic='paper.signals.validated'")
         merged = dict(headers or {})
         if event_type is not None:
             merged[EnvelopeHeaders.TYPE] = event_type
+        if event_id is not None:
+            merged[EnvelopeHeaders.ID] = event_id
         body = value if isinstance(value, BaseModel) else dict(value)
         result: RecordMetadata | None = await self._broker.publish(
             body, topic=topic, key=key.encode() if key is not None else None, headers=merged

@@ -17,7 +17,9 @@ event only when the batch holds exactly one event; otherwise they start their ow
 because a child has one cause.
 
 Publish: any payload (pydantic model, mapping, dataclass, JSON-object bytes/str, None = `{}`)
-is wrapped in a new envelope whose lineage comes from the event being processed. Event `type`:
+is wrapped in a new envelope whose lineage comes from the event being processed. Its id: an
+explicit `x-event-id` header wins; a child of the event being handled gets
+`ids.child_id(parent, topic, ordinal)`, the same on every re-run; any other event a UUIDv7. Event `type`:
 an explicit `x-event-type` header, else the payload model's class name, else the destination
 topic. An `EventEnvelope` body, or a bytes body sent with an `x-event-id` header, is already
 wrapped and goes out as it is. `trace_id` is the W3C trace id of the publish (from the

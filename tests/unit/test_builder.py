@@ -12,6 +12,7 @@ from alpha_streaming.builder import StreamServiceBuilder
 from alpha_streaming.envelope import EventEnvelope
 from alpha_streaming.errors import ConfigError
 from alpha_streaming.handlers import HandlerKind, inspect_handler
+from alpha_streaming.ids import child_id
 from alpha_streaming.service import CurrentProducer, StreamService
 from alpha_streaming.settings import DedupSettings, RedpandaSettings, Settings
 from alpha_streaming.topics import BrokerContext
@@ -205,6 +206,29 @@ async def test_a_handler_publishes_a_child_event_through_the_injected_producer()
     assert child.causation_id == parent.id
     assert child.key == "s:7"
     assert child.data == {"strategy": "s", "token": 7}
+    assert child.id == str(child_id(parent.id, "paper.signals.validated", 0)), "the same on a re-run"
+
+
+async def test_an_explicit_event_id_given_to_the_producer_wins() -> None:
+    async def handler(signal: Signal, out: CurrentProducer) -> None:
+        await out.send(topic="paper.signals.validated", value=signal, event_id="chosen-by-caller")
+
+    service = (
+        builder()
+        .add_producer(topics=["paper.signals.validated"])
+        .add_consumer_handler(topics=["paper.signals.raw"], group_id="risk", handler_func=handler)
+        .build()
+    )
+    ids: list[str] = []
+
+    @service.broker.subscriber("paper.signals.validated", group_id="probe")
+    async def probe(body: dict[str, Any], envelope: CurrentEnvelope) -> None:
+        ids.append(envelope.id)
+
+    parent = EventEnvelope.create(type="Signal", data={"strategy": "s", "token": 7}, source="strat")
+    async with TestKafkaBroker(service.broker) as br:
+        await br.publish(parent.to_bytes(), "paper.signals.raw", headers=parent.headers())
+    assert ids == ["chosen-by-caller"]
 
 
 def test_producer_is_refused_with_a_fix_when_not_added() -> None:

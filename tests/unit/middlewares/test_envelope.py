@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from alpha_streaming import lineage, serialization
 from alpha_streaming.envelope import EnvelopeHeaders, EventEnvelope
 from alpha_streaming.errors import ConfigError, EnvelopeError
+from alpha_streaming.ids import child_id
 from alpha_streaming.topics import BrokerContext
 from middlewares._state import MessageState, state_of
 from middlewares.envelope import (
@@ -368,6 +370,46 @@ async def test_children_inherit_correlation_and_causation(wire: list[dict[str, A
         assert child.parent_trace_id == "a" * 32
         assert sent["headers"][EnvelopeHeaders.CAUSATION_ID] == root.id
         assert sent["correlation_id"] == root.id
+
+
+async def test_child_ids_are_deterministic_per_topic_and_ordinal_on_every_run(
+    wire: list[dict[str, Any]],
+) -> None:
+    broker = make_broker()
+    audit, accepted = broker.publisher("paper.orders.audit"), broker.publisher("paper.orders.accepted")
+
+    @broker.subscriber(TOPIC, group_id="g", ack_policy=AckPolicy.MANUAL)
+    async def handle(body: dict[str, Any]) -> None:
+        await audit.publish({"n": 0})
+        await accepted.publish({"n": 0})
+        await audit.publish({"n": 1})
+        await audit.publish({"n": 2}, headers={EnvelopeHeaders.ID: "caller-chosen"})
+
+    root = EventEnvelope.create(type="order.filled", data={}, source="engine")
+    runs = []
+    async with TestKafkaBroker(broker) as br:
+        for _ in range(2):  # the same event handled twice: a re-run after a crash
+            wire.clear()
+            await br.publish(root, TOPIC)
+            runs.append([envelope_of(sent).id for sent in wire[1:]])
+    expected = [
+        str(child_id(root.id, "paper.orders.audit", 0)),
+        str(child_id(root.id, "paper.orders.accepted", 0)),
+        str(child_id(root.id, "paper.orders.audit", 1)),
+        "caller-chosen",  # an explicit id wins and takes no ordinal
+    ]
+    assert runs == [expected, expected]
+
+
+async def test_an_event_published_outside_any_handler_is_a_uuid7_root(wire: list[dict[str, Any]]) -> None:
+    broker = make_broker()
+    async with TestKafkaBroker(broker) as br:
+        await br.publish({"a": 1}, "paper.elsewhere")
+        await br.publish({"a": 1}, "paper.elsewhere")
+    first, second = (envelope_of(sent) for sent in wire)
+    assert uuid.UUID(first.id).version == 7
+    assert first.id != second.id
+    assert first.is_root
 
 
 # ---------------------------------------------------------------- batch
