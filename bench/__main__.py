@@ -1,9 +1,10 @@
-"""`python -m bench [direct|enhanced|latency|dedup|rss|all|report]`: run benchmarks, print or report.
+"""`python -m bench [direct|enhanced|consume_produce|latency|dedup|rss|all|report]`: run benchmarks.
 
 Each benchmark is a module `bench/<name>.py` exposing `async def run(args)` that returns rate
 rows (`list[Row]`) or finished tables (`list[Table]`); see bench/README.md. A module that does
 not exist yet is reported and skipped. `report` runs all of them once and writes report.md,
-report.json and report.png (bench/_report.py).
+report.json and report.png (bench/_report.py); a module listed in `SECTION_OF` puts its tables
+into another module's report section.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from typing import Any
 
 from bench._common import Row, Table, rate_table
 
-BENCHMARKS = ("direct", "enhanced", "latency", "dedup", "rss")
+BENCHMARKS = ("direct", "enhanced", "consume_produce", "latency", "dedup", "rss")
+# Report sections are per module except these: consume -> produce is another enhanced-vs-plain
+# comparison, so its table goes into the `enhanced` section (report.json keeps five sections).
+SECTION_OF = {"consume_produce": "enhanced"}
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # `--quick` (a smoke run, about a minute): messages per run for the modules sized by --messages;
 # latency and rss shorten themselves when `args.quick` is set.
-QUICK_MESSAGES = {"direct": 5_000, "enhanced": 200, "dedup": 2_000}
+QUICK_MESSAGES = {"direct": 5_000, "enhanced": 200, "consume_produce": 200, "dedup": 2_000}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -84,6 +88,7 @@ async def main(argv: list[str]) -> int:
     sections: dict[str, list[Table]] = {}
     seconds: dict[str, float] = {}
     loads: dict[str, float] = {}
+    modules: dict[str, list[str]] = {}
     for name in names:
         try:
             module = importlib.import_module(f"bench.{name}")
@@ -94,16 +99,20 @@ async def main(argv: list[str]) -> int:
             continue
         started = time.perf_counter()
         result = await module.run(module_args(name, args))
-        seconds[name] = time.perf_counter() - started
-        loads[name] = round(os.getloadavg()[0], 2)
-        sections[name] = as_tables(name, result, seconds[name], args.runs)
-        for table in sections[name]:
+        took = time.perf_counter() - started
+        section = SECTION_OF.get(name, name)
+        seconds[section] = seconds.get(section, 0.0) + took
+        loads[section] = round(os.getloadavg()[0], 2)
+        modules.setdefault(section, []).append(name)
+        tables = as_tables(name, result, took, args.runs)
+        sections.setdefault(section, []).extend(tables)
+        for table in tables:
             table.print()
     if args.which == "report":
         from bench import _report
 
         head["load_1m_after_section"] = loads
-        _report.write(args.out, head, sections, seconds)
+        _report.write(args.out, head, sections, seconds, modules)
     return 0
 
 

@@ -104,7 +104,12 @@ async def header(argv: list[str], redis_url: str) -> dict[str, Any]:
     }
 
 
-def markdown(head: dict[str, Any], sections: dict[str, list[Table]], seconds: dict[str, float]) -> str:
+def markdown(
+    head: dict[str, Any],
+    sections: dict[str, list[Table]],
+    seconds: dict[str, float],
+    modules: dict[str, list[str]] | None = None,
+) -> str:
     load = ", ".join(f"{x:.2f}" for x in head["load_at_start"])
     load_end = ", ".join(f"{x:.2f}" for x in head.get("load_at_end", []))
     versions = ", ".join(f"{name} {value}" for name, value in head["versions"].items())
@@ -124,7 +129,8 @@ def markdown(head: dict[str, Any], sections: dict[str, list[Table]], seconds: di
         "",
     ]
     for name, tables in sections.items():
-        lines += [f"## {SECTIONS.get(name, name)}", "", f"`bench/{name}.py`, {seconds[name]:.0f} s.", ""]
+        sources = " + ".join(f"`bench/{module}.py`" for module in (modules or {}).get(name, [name]))
+        lines += [f"## {SECTIONS.get(name, name)}", "", f"{sources}, {seconds[name]:.0f} s.", ""]
         lines += [table.markdown() for table in tables]
     return "\n".join(lines)
 
@@ -156,7 +162,8 @@ def _target(section: str, row: dict[str, Any]) -> float | None:
     if section == "direct":
         return TARGETS["direct"]
     if section == "enhanced" and str(row["variant"]).startswith("enhanced"):
-        return TARGETS["single" if str(row["case"]).startswith("single") else "batch"]
+        mode = str(row["case"]).split(" ", 1)[0]
+        return TARGETS.get(mode) if mode in ("single", "batch") else None  # consume -> produce: none
     return None
 
 
@@ -216,12 +223,16 @@ def chart(sections: dict[str, list[Table]], path: Path) -> None:
 
 
 def write(
-    out: Path, head: dict[str, Any], sections: dict[str, list[Table]], seconds: dict[str, float]
+    out: Path,
+    head: dict[str, Any],
+    sections: dict[str, list[Table]],
+    seconds: dict[str, float],
+    modules: dict[str, list[str]] | None = None,
 ) -> None:
-    """Write report.md, report.json and report.png into `out`."""
+    """Write report.md, report.json and report.png into `out` (`modules`: section -> its modules)."""
     head["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(markdown(head, sections, seconds))
+    (out / "report.md").write_text(markdown(head, sections, seconds, modules))
     (out / "report.json").write_text(as_json(head, sections, seconds) + "\n")
     chart(sections, out / "report.png")
     print(f"\nreport written to {out}/report.md, report.json, report.png", file=sys.stderr)
