@@ -34,6 +34,7 @@ FAULT_KAFKA = os.environ.get("FAULT_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
 FAULT_REDIS = os.environ.get("FAULT_REDIS_URL", "redis://127.0.0.1:16379/0")
 FAULTSTREAM = Path(sys.executable).parent / "faststream"
 PARTITIONS = 6
+LEDGER_APP = "tests.fault.ledger_service:app"
 
 # What every service process of the suite runs with, on top of the defaults (which coalesce
 # commits with dedup; the suite proves that safe) and the scenario's own settings: short leases
@@ -179,7 +180,7 @@ class ServiceProcess:
     def start(self) -> None:
         log = (self.scenario.ledger_dir / f"service-{self.index}.log").open("ab")
         self.popen = subprocess.Popen(
-            [str(FAULTSTREAM), "run", "tests.fault.ledger_service:app", "--log-level", "warning"],
+            [str(FAULTSTREAM), "run", self.scenario.app, "--log-level", "warning"],
             cwd=REPO,
             env=self.scenario.service_env(),
             stdout=log,
@@ -221,6 +222,8 @@ class Effect:
     offset: int
     pid: int
     at: float
+    extra: tuple[str, ...] = ()
+    """Fields a service appends after the five every ledger line has (e.g. a causation id)."""
 
 
 @dataclass
@@ -231,6 +234,8 @@ class Scenario:
     stack: FaultStack
     root: Path
     env: dict[str, str] = field(default_factory=dict)
+    app: str = LEDGER_APP
+    """What `faststream run` starts: `module:app` (default: the builder-made ledger service)."""
     processes: list[ServiceProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -283,8 +288,8 @@ class Scenario:
         found = []
         for path in self.ledger_dir.glob("ledger-*.txt"):
             for line in path.read_text().splitlines():
-                event_id, partition, offset, pid, at = line.split()
-                found.append(Effect(event_id, int(partition), int(offset), int(pid), float(at)))
+                event_id, partition, offset, pid, at, *extra = line.split()
+                found.append(Effect(event_id, int(partition), int(offset), int(pid), float(at), tuple(extra)))
         return found
 
     def effect_count(self) -> int:
@@ -386,6 +391,22 @@ async def wait_for_progress(scenario: Scenario, beyond: int, *, within: float) -
         scenario=scenario,
         every=0.05,
     )
+
+
+async def kill_at(
+    scenario: Scenario, process: ServiceProcess, points: Iterable[int], *, within: float = 120.0
+) -> tuple[ServiceProcess, list[float]]:
+    """SIGKILL the scenario's service once its ledger holds more than each of `points` effects,
+    restarting it each time; the process running at the end, and for each kill the seconds until
+    the new process made progress."""
+    recoveries = []
+    for point in points:
+        await wait_for_progress(scenario, point, within=within)
+        process.kill()
+        at_kill = scenario.effect_count()
+        process = scenario.spawn()
+        recoveries.append(round(await wait_for_progress(scenario, at_kill, within=within), 2))
+    return process, recoveries
 
 
 @dataclass

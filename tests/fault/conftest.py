@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import unavailable
-from tests.fault._harness import FaultStack, Scenario, Verdict
+from tests.fault._harness import LEDGER_APP, FaultStack, Scenario, Verdict
 
 FIGURES: list[str] = []
 
@@ -32,8 +32,8 @@ def fault_stack() -> Iterator[FaultStack]:
 def scenario(fault_stack: FaultStack, tmp_path: Path) -> Iterator[Callable[..., Scenario]]:
     made: list[Scenario] = []
 
-    def make(name: str, **env: str) -> Scenario:
-        made.append(Scenario(name, fault_stack, tmp_path, env=env))
+    def make(name: str, *, app: str = LEDGER_APP, **env: str) -> Scenario:
+        made.append(Scenario(name, fault_stack, tmp_path, env=env, app=app))
         return made[-1]
 
     yield make
