@@ -24,7 +24,7 @@ stack-down:
 stack-status:
 	scripts/stack.sh status
 
-## All tests (unit + integration against the real Kafka and Redis), plus ruff and mypy.
+## All tests: unit, integration against the real Kafka and Redis, and the fault suite.
 test: install stack-up
 	$(PY) -m pytest
 
@@ -38,8 +38,9 @@ integration: install stack-up
 fault: install
 	$(PY) -m pytest -m fault
 
+## ruff, mypy (strict) and the import-linter layers contract (pyproject.toml).
 lint: install
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy && $(VENV)/bin/lint-imports
 
 demo: install stack-up
 	$(PY) -m examples.trading_pipeline.demo

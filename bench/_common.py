@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import BaseModel
 
-from alpha_streaming.envelope import EventEnvelope
+from alpha_streaming import EventEnvelope
 
 __all__ = (
     "Column",

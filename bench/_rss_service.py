@@ -44,8 +44,13 @@ def plain_app(bootstrap: str, names: list[str], count: Callable[[], None]) -> An
 def built_app(bootstrap: str, redis_url: str, names: list[str], count: Callable[[], None]) -> Any:
     import redis.asyncio as aioredis
 
-    from alpha_streaming import StreamServiceBuilder
-    from alpha_streaming.settings import ConsumerSettings, DedupSettings, RedpandaSettings, Settings
+    from alpha_streaming import (
+        ConsumerSettings,
+        DedupSettings,
+        RedpandaSettings,
+        Settings,
+        StreamServiceBuilder,
+    )
 
     config = RedpandaSettings(bootstrap_servers=bootstrap, client_id="alpha-bench")
     settings = Settings(

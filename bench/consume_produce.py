@@ -8,11 +8,15 @@ kept.
 
 - `plain`: a `KafkaBroker` subscriber, no middlewares, FastStream's Kafka default ACK_FIRST
   (aiokafka auto-commit), logger off; it reads the envelope as a `dict` and returns a `dict`.
-- `enhanced`: the stack as a decorator user wires it (examples/decorator_app.py):
-  `enhanced_stack(service=..., redis=..., dedup=...)` with Redis dedup, `AckPolicy.MANUAL`,
-  `revoke_listener(broker)` on the subscriber, `drain_stack` before the broker stops and
-  `close_stack` after; the handler takes the payload model and returns a pydantic model, which
-  the stack publishes as a child envelope.
+- `enhanced`: the tier as a decorator user wires it (examples/decorator_app.py):
+  `tier = EnhancedTier(service, redis=..., dedup=...)` with Redis dedup, `broker = tier.broker(...)`
+  (subscribers `AckPolicy.MANUAL` by default) and `tier.install(app)` (the revoke listener on the
+  subscriber, pending commits drained before the broker stops, the tier closed after); the handler
+  takes the payload model and returns a pydantic model, which the stack publishes as a child
+  envelope.
+
+Both contenders run inside a `FastStream` app (`app.start()` / `app.stop()`), as a user's would;
+the app's hooks run before the first input and after the last child, outside the measured span.
 
 The finish line is the same for both: an input counts as processed once its child is on the
 output topic, i.e. when the sum of the output topic's end offsets (ListOffsets from a group-less
@@ -42,22 +46,20 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
-from faststream import AckPolicy
+from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
 from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel
 
-from alpha_streaming.broker import make_broker
-from alpha_streaming.settings import DedupSettings, RedpandaSettings
+from alpha_streaming import DedupSettings, RedpandaSettings, make_broker
 from bench._common import Row, interleaved, prefill_envelopes, topics
-from middlewares.metrics import MetricsMiddleware
-from middlewares.stack import close_stack, drain_stack, enhanced_stack, revoke_listener
+from middlewares import EnhancedTier
 
 PLAIN, ENHANCED = "plain", "enhanced"
 VARIANTS = (PLAIN, ENHANCED)
 VARIANT_NAMES = {
     PLAIN: "plain, ACK_FIRST, returns a dict",
-    ENHANCED: "enhanced_stack + dedup, MANUAL, returns a model",
+    ENHANCED: "enhanced tier + dedup, MANUAL, returns a model",
 }
 PARTITIONS = 3
 DEFAULT_LINGER_MS: int = RedpandaSettings.model_fields["linger_ms"].default
@@ -154,8 +156,6 @@ def _enhanced(broker: KafkaBroker, source: str, out: str, first: _First) -> None
         source,
         group_id=f"bench-{uuid.uuid4().hex[:10]}",
         auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,
-        listener=revoke_listener(broker),
     )
     @broker.publisher(out)
     async def enhanced_child(fill: Fill) -> Position:
@@ -178,31 +178,27 @@ async def measure(
     settings = RedpandaSettings(bootstrap_servers=bootstrap, linger_ms=linger_ms)
     await counter.count(out)  # the counter knows the fresh topic's leaders before the clock starts
     first = _First()
-    middlewares: tuple[Any, ...] = ()
+    # FastStream logs every message; without a logger neither side pays for that.
     if variant == ENHANCED:
-        middlewares = enhanced_stack(
-            service="bench-cp",
+        tier = EnhancedTier(
+            "bench-cp",
             redis=redis,
             dedup=DEDUP,
             dedup_namespace=f"bench-cp-{uuid.uuid4().hex[:8]}",  # nothing seen yet
             tracer_provider=TracerProvider(),  # spans are recorded, exported nowhere
         )
-        broker = make_broker(settings, middlewares=middlewares, ack_policy=AckPolicy.MANUAL, logger=None)
+        broker = tier.broker(settings, logger=None)
+        app = tier.install(FastStream(broker, logger=None))
         _enhanced(broker, source, out, first)
     else:
-        # FastStream logs every message; without a logger neither side pays for that.
         broker = make_broker(settings, logger=None)
+        app = FastStream(broker, logger=None)
         _plain(broker, source, out, first)
-    await broker.start()
+    await app.start()
     try:
         last = await asyncio.wait_for(counter.reached(out, count), RUN_TIMEOUT_S)
-        await drain_stack(broker.middlewares)
     finally:
-        await broker.stop()
-        await close_stack(middlewares)
-        for middleware in middlewares:
-            if isinstance(middleware, MetricsMiddleware):
-                middleware.shutdown()
+        await app.stop()  # enhanced: drain, stop the broker, close the tier (metrics included)
     extra = await counter.count(out) - count
     assert first.at is not None
     return count / (last - first.at), extra

@@ -1,12 +1,16 @@
 """Dedup cost per message: the enhanced stack with Redis dedup vs the same stack without it.
 
-1. Stack: `enhanced_stack` (metrics + spans exported nowhere, error routing, envelope) with and
-   without `DeduplicationMiddleware`, a batch subscriber (500 records per call, one commit per
-   batch) reading one pre-filled topic with a fresh group (and dedup namespace) per run, runs
-   interleaved. Batch mode, because in single-message mode both sides pay a ~8 ms offset commit
-   per message (bench/enhanced.py explains why) and the dedup cost disappears in that noise.
+1. Stack: the enhanced tier as a user wires it (`EnhancedTier`, `tier.broker()`,
+   `tier.install(app)`; metrics + spans exported nowhere, error routing, envelope) with and
+   without Redis dedup (`redis=` given or not), a batch subscriber (500 records per call, one
+   commit per batch) reading one pre-filled topic with a fresh group (and dedup namespace) per
+   run, runs interleaved; the app's hooks run outside the measured span. Batch mode, because in
+   single-message mode both sides pay a ~8 ms offset commit per message (bench/enhanced.py
+   explains why) and the dedup cost disappears in that noise.
 2. Redis alone: the Lua claim + mark-done of `middlewares/_lease_scripts.py`, one event per call
-   (what single-message mode pays) vs 100 events per call (what a batch pays), per event.
+   (what single-message mode pays) vs 100 events per call (what a batch pays), per event. This
+   part calls the middleware's own scripts (`middlewares._lease_scripts`, internal): there is
+   no public way to run them without a consumer around them.
 """
 
 from __future__ import annotations
@@ -18,16 +22,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
-from faststream import AckPolicy
+from faststream import FastStream
 from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel
 
-from alpha_streaming.broker import make_broker
-from alpha_streaming.settings import DedupSettings, RedpandaSettings
+from alpha_streaming import ConsumerSettings, DedupSettings, RedpandaSettings
 from bench._common import Row, Stopwatch, Table, interleaved, prefill_envelopes, rate_table, topics
-from middlewares._lease_scripts import register_lease_scripts
-from middlewares.metrics import MetricsMiddleware
-from middlewares.stack import close_stack, enhanced_stack
+from middlewares import EnhancedTier
+from middlewares._lease_scripts import register_lease_scripts  # internal: the Redis-alone rows
 
 PARTITIONS = 3
 BATCH_MAX_RECORDS = 500
@@ -45,17 +47,19 @@ class Order(BaseModel):
 
 
 async def consume_all(bootstrap: str, topic: str, count: int, redis: aioredis.Redis | None) -> float:
-    """Messages/s of one batch subscriber with the enhanced stack (dedup when `redis` is given)."""
+    """Messages/s of one batch subscriber with the enhanced tier (dedup when `redis` is given)."""
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
-    stack = enhanced_stack(
-        service="bench-dedup",
+    tier = EnhancedTier(
+        "bench-dedup",
         redis=redis,
         dedup=DEDUP,
         dedup_namespace=namespace,
         tracer_provider=TracerProvider(),
-        commit_every=1,  # both variants commit each batch: dedup is the only difference
+        # Both variants commit each batch: dedup is the only difference.
+        consumer=ConsumerSettings(commit_every=1),
     )
-    broker = make_broker(RedpandaSettings(bootstrap_servers=bootstrap), middlewares=stack, logger=None)
+    broker = tier.broker(RedpandaSettings(bootstrap_servers=bootstrap), logger=None)
+    app = tier.install(FastStream(broker, logger=None))
     done = asyncio.Event()
     seen = 0
     first: float | None = None
@@ -64,7 +68,6 @@ async def consume_all(bootstrap: str, topic: str, count: int, redis: aioredis.Re
         topic,
         group_id=namespace,
         auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,
         batch=True,
         max_records=BATCH_MAX_RECORDS,
     )
@@ -75,16 +78,12 @@ async def consume_all(bootstrap: str, topic: str, count: int, redis: aioredis.Re
         if seen >= count:
             done.set()
 
-    await broker.start()
+    await app.start()
     try:
         await asyncio.wait_for(done.wait(), RUN_TIMEOUT_S)
         last = time.perf_counter()
     finally:
-        await broker.stop()
-        await close_stack(stack)
-        for middleware in stack:
-            if isinstance(middleware, MetricsMiddleware):
-                middleware.shutdown()
+        await app.stop()  # the tier: drain, stop the broker, close (metrics included)
     assert first is not None
     return seen / (last - first)
 
@@ -129,8 +128,8 @@ async def run(args: argparse.Namespace) -> list[Table]:
             orders = [Order(order_id=f"o-{n}", symbol="NIFTY", qty=n % 50 + 1) for n in range(count)]
             await prefill_envelopes(args.bootstrap, topic, orders)
             case = f"stack, batch ({count:,} msgs)"
-            without = Row(case, "enhanced_stack without dedup", baseline=True)
-            with_dedup = Row(case, "enhanced_stack with Redis dedup")
+            without = Row(case, "enhanced tier without dedup", baseline=True)
+            with_dedup = Row(case, "enhanced tier with Redis dedup")
 
             def consuming(client: aioredis.Redis | None) -> Callable[[], Awaitable[float]]:
                 return lambda: consume_all(args.bootstrap, topic, count, client)

@@ -17,8 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from alpha_streaming import RedpandaConsumer, RedpandaProducer, RedpandaSettings
-from alpha_streaming.broker import make_broker
+from alpha_streaming import RedpandaConsumer, RedpandaProducer, RedpandaSettings, make_broker
 from bench._common import Row, Stopwatch, interleaved, payloads, topics, wait_assigned
 
 Payload = list[tuple[bytes, bytes]]

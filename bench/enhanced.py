@@ -9,11 +9,15 @@ Variants, each in single-message and batch mode:
   neither at-least-once nor at-most-once). The baseline the targets are stated against.
 - `plain+commit`: no middlewares, MANUAL with an explicit offset commit per message (per batch
   in batch mode): the cost of at-least-once alone, without any middleware.
-- `enhanced`: `enhanced_stack` (metrics + spans on an SDK tracer provider that exports nowhere,
-  error routing with its commits, envelope validation, Redis dedup), MANUAL, one commit per
-  message (batch): `commit_every=1`.
-- `enhanced+coalesced`: the same stack with `commit_every=100` (the default with dedup, "auto"),
-  and the subscriber's `revoke_listener` as the builder wires it.
+- `enhanced`: the enhanced tier as a decorator user wires it, `EnhancedTier(...)`,
+  `tier.broker(...)` and `tier.install(app)` (metrics + spans on an SDK tracer provider that
+  exports nowhere, error routing with its commits, envelope validation, Redis dedup; MANUAL, the
+  revoke listener on the subscriber), one commit per message (batch):
+  `ConsumerSettings(commit_every=1)`.
+- `enhanced+coalesced`: the same tier with `commit_every=100` (the default with dedup, "auto").
+
+Every variant runs inside a `FastStream` app (`app.start()` / `app.stop()`); the app's hooks
+(the tier's startup checks, drain and close) run outside the measured span.
 
 Throughput is measured from the moment the first message reaches the handler to the moment the
 last one is done, so the consumer-group join is not counted. Targets (issue 4): enhanced >= 0.5x
@@ -36,23 +40,20 @@ import argparse
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import TopicPartition
-from faststream import AckPolicy
+from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
 from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel
 
-from alpha_streaming.broker import make_broker
-from alpha_streaming.envelope import EventEnvelope
-from alpha_streaming.settings import RedpandaSettings
+from alpha_streaming import ConsumerSettings, EventEnvelope, RedpandaSettings, make_broker
 from bench._common import Row, interleaved, topics
-from middlewares.metrics import MetricsMiddleware
-from middlewares.stack import close_stack, enhanced_stack, revoke_listener
+from middlewares import EnhancedTier
 
 SINGLE, BATCH = "single", "batch"
 PLAIN, PLAIN_COMMIT, ENHANCED, COALESCED = "plain", "plain+commit", "enhanced", "enhanced+coalesced"
@@ -137,16 +138,11 @@ async def _commit(msg: KafkaMessage) -> None:
 
 
 def _subscribe(broker: KafkaBroker, topic: str, variant: str, mode: str, clock: _Clock) -> None:
-    policy = AckPolicy.ACK_FIRST if variant == PLAIN else AckPolicy.MANUAL
-    options: dict[str, Any] = {
-        "group_id": f"bench-{uuid.uuid4().hex[:10]}",
-        "auto_offset_reset": "earliest",
-        "ack_policy": policy,
-    }
+    options: dict[str, Any] = {"group_id": f"bench-{uuid.uuid4().hex[:10]}", "auto_offset_reset": "earliest"}
+    if variant not in STACKED:  # the tier's broker makes MANUAL the default, and install() checks it
+        options["ack_policy"] = AckPolicy.ACK_FIRST if variant == PLAIN else AckPolicy.MANUAL
     if mode == BATCH:
         options.update(batch=True, max_records=BATCH_MAX_RECORDS)
-    if variant == COALESCED:
-        options["listener"] = revoke_listener(broker)
     subscriber = broker.subscriber(topic, **options)
 
     if variant in STACKED and mode == SINGLE:
@@ -186,20 +182,24 @@ async def measure(
     variant: str, mode: str, topic: str, count: int, bootstrap: str, redis: Any, profiler: Any = None
 ) -> float:
     """Messages/s of one run of `variant` in `mode` over the whole pre-filled topic."""
-    middlewares: Sequence[Any] = ()
+    config = RedpandaSettings(bootstrap_servers=bootstrap)
+    # FastStream logs every message; without a logger neither side pays for that.
     if variant in STACKED:
-        middlewares = enhanced_stack(
-            service="bench",
+        tier = EnhancedTier(
+            "bench",
             redis=redis,
             dedup_namespace=f"bench-{uuid.uuid4().hex[:8]}",  # nothing seen yet
             tracer_provider=TracerProvider(),  # spans are recorded, exported nowhere
-            commit_every=COMMIT_EVERY[variant],
+            consumer=ConsumerSettings(commit_every=COMMIT_EVERY[variant]),
         )
-    # FastStream logs every message; without a logger neither side pays for that.
-    broker = make_broker(RedpandaSettings(bootstrap_servers=bootstrap), middlewares=middlewares, logger=None)
+        broker = tier.broker(config, logger=None)
+        app = tier.install(FastStream(broker, logger=None))
+    else:
+        broker = make_broker(config, logger=None)
+        app = FastStream(broker, logger=None)
     clock = _Clock(count)
     _subscribe(broker, topic, variant, mode, clock)
-    await broker.start()
+    await app.start()
     try:
         if profiler is not None:
             profiler.start()
@@ -207,19 +207,15 @@ async def measure(
         if profiler is not None:
             profiler.stop()
     finally:
-        await broker.stop()
-        await close_stack(middlewares)
-        for middleware in middlewares:
-            if isinstance(middleware, MetricsMiddleware):
-                middleware.shutdown()
+        await app.stop()  # the tier: drain, stop the broker, close (metrics included)
     return clock.rate
 
 
 VARIANT_NAMES = {
     PLAIN: "plain, ACK_FIRST (auto-commit)",
     PLAIN_COMMIT: "plain, MANUAL + commit",
-    ENHANCED: "enhanced_stack, commit each",
-    COALESCED: "enhanced_stack, commit_every=100",
+    ENHANCED: "enhanced tier, commit each",
+    COALESCED: "enhanced tier, commit_every=100",
 }
 
 

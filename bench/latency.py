@@ -33,9 +33,14 @@ from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import BaseModel
 
-from alpha_streaming.broker import make_broker
-from alpha_streaming.builder import StreamServiceBuilder
-from alpha_streaming.settings import ConsumerSettings, DedupSettings, RedpandaSettings, Settings
+from alpha_streaming import (
+    ConsumerSettings,
+    DedupSettings,
+    RedpandaSettings,
+    Settings,
+    StreamServiceBuilder,
+    make_broker,
+)
 from bench._common import Column, Table, envelope_record, percentiles, topics, wait_assigned
 from bench.direct import raw_producer_options
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from alpha_streaming.settings import RedpandaSettings
+from alpha_streaming import RedpandaSettings
 
 __all__ = ("ensure_topics",)
 

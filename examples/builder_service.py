@@ -21,8 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from alpha_streaming import Settings, StreamServiceBuilder, TopicMap
-from alpha_streaming.service import StreamService
+from alpha_streaming import Settings, StreamService, StreamServiceBuilder, TopicMap
 
 __all__ = ("MAX_NOTIONAL", "app", "build_service", "service")
 

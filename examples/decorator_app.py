@@ -4,10 +4,12 @@
     faststream docs gen examples.decorator_app:app     # AsyncAPI, with the envelope schema
 
 A position keeper: it consumes `{broker}.orders.filled` and publishes the updated position to
-`{broker}.positions.updated`. The broker carries the enhanced stack (metrics, error routing,
-envelope, dedup), so the handler sees the `OrderFilled` payload; a duplicate fill is
-suppressed, undecodable bytes go to `{broker}.orders.filled.dlq`, and the returned position is
-published as a child event of the fill (same correlation id, causation = the fill's id).
+`{broker}.positions.updated`. Two lines wire the enhanced tier (metrics, error routing, envelope,
+dedup, outputs): `tier.broker(...)` builds the broker, `tier.install(app)` ties the rest to the
+app. The handler sees the `OrderFilled` payload; a duplicate fill is suppressed, undecodable bytes
+go to `{broker}.orders.filled.dlq`, and the returned position is published as a child event of the
+fill (same correlation id, causation = the fill's id) and acknowledged by Kafka before the fill
+is marked done and committed.
 
 `EXAMPLE_BROKER` picks the broker namespace (default `paper`); the tests set their own.
 """
@@ -17,25 +19,23 @@ from __future__ import annotations
 import os
 from decimal import Decimal
 
-from faststream import AckPolicy, FastStream
+from faststream import FastStream
 from faststream.kafka import KafkaResponse, Topic
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from alpha_streaming import EventEnvelope, Settings, TopicMap
-from alpha_streaming.admin import broker_admin, connected_broker, ensure_topics
-from alpha_streaming.broker import make_broker
-from alpha_streaming.topic_selection import bootstrap_specs
-from examples.trading_pipeline.models import OrderFilled, Side
-from middlewares import (
-    CurrentBrokerContext,
-    CurrentEnvelope,
-    close_stack,
-    drain_stack,
-    enhanced_stack,
-    revoke_listener,
+from alpha_streaming import (
+    EventEnvelope,
+    Settings,
+    TopicMap,
+    bootstrap_specs,
+    broker_admin,
+    connected_broker,
+    ensure_topics,
 )
+from examples.trading_pipeline.models import OrderFilled, Side
+from middlewares import CurrentBrokerContext, CurrentEnvelope, EnhancedTier
 
 __all__ = ("FILLS", "POSITIONS", "PositionUpdated", "app", "broker", "positions")
 
@@ -46,16 +46,15 @@ FILLS = topics.orders_filled
 POSITIONS = topics.topic("positions", "updated")
 
 redis = Redis.from_url(settings.redis_url)
-broker = make_broker(
-    settings.redpanda,
-    middlewares=enhanced_stack(service=SERVICE, redis=redis, dedup=settings.dedup),
-    ack_policy=AckPolicy.MANUAL,  # error routing commits each offset once the outcome is known
-)
-app = FastStream(
-    broker,
-    specification=AsyncAPI(
-        title="position-keeper", description="Positions from order fills (alpha-streaming)"
-    ),
+tier = EnhancedTier(SERVICE, settings=settings, redis=redis)
+broker = tier.broker(settings.redpanda)
+app = tier.install(
+    FastStream(
+        broker,
+        specification=AsyncAPI(
+            title="position-keeper", description="Positions from order fills (alpha-streaming)"
+        ),
+    )
 )
 
 
@@ -73,10 +72,6 @@ positions: dict[tuple[str, str], Decimal] = {}
     Topic(FILLS, declare=False),
     group_id=settings.redpanda.group_id("position-keeper.fills"),
     auto_offset_reset="earliest",
-    ack_policy=AckPolicy.MANUAL,
-    # With dedup, commits are coalesced (100 outcomes / 0.5 s): commit them when a rebalance
-    # takes partitions away, so the new owner does not re-read what is already done.
-    listener=revoke_listener(broker),
 )
 @broker.publisher(POSITIONS, schema=EventEnvelope, title=f"{POSITIONS}:{SERVICE}")
 async def on_fill(fill: OrderFilled, envelope: CurrentEnvelope, where: CurrentBrokerContext) -> KafkaResponse:
@@ -108,14 +103,7 @@ async def create_topics() -> None:
         await ensure_topics(broker_admin(admin), specs)
 
 
-@app.on_shutdown
-async def commit_pending() -> None:
-    """Before the consumers stop: commit coalesced offsets while this member is still in its group."""
-    await drain_stack(broker.middlewares)
-
-
 @app.after_shutdown
-async def release() -> None:
-    """After the broker stopped: close the stack's dead-letter producer, then Redis."""
-    await close_stack(broker.middlewares)
+async def close_redis() -> None:
+    """After the tier released what it holds: the Redis client this module opened."""
     await redis.aclose()

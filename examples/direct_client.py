@@ -16,8 +16,13 @@ from decimal import Decimal
 
 from pydantic import BaseModel
 
-from alpha_streaming import EventEnvelope, RedpandaConsumer, RedpandaProducer, RedpandaSettings
-from alpha_streaming.clients import ConsumedRecord
+from alpha_streaming import (
+    ConsumedRecord,
+    EventEnvelope,
+    RedpandaConsumer,
+    RedpandaProducer,
+    RedpandaSettings,
+)
 from examples._topics import ensure_topics
 
 __all__ = ("OrderPlaced", "consume", "main", "produce", "run")

@@ -1,27 +1,30 @@
-"""The enhanced tier: one FastStream middleware per concern, composed by `enhanced_stack`."""
+"""The enhanced tier: one FastStream middleware per concern, wired and run by `EnhancedTier`."""
 
 from __future__ import annotations
 
-from middlewares.dedup import DeduplicationMiddleware
-from middlewares.envelope import CurrentBrokerContext, CurrentEnvelope, EnvelopeMiddleware
-from middlewares.error_routing import ErrorRoutingMiddleware
-from middlewares.metrics import MetricsMiddleware
-from middlewares.outputs import OutputsMiddleware
-from middlewares.retry import RetryPolicy
-from middlewares.stack import RevokeListener, close_stack, drain_stack, enhanced_stack, revoke_listener
+from middlewares._dedup import DeduplicationMiddleware
+from middlewares._envelope import CurrentBrokerContext, CurrentEnvelope, CurrentEnvelopes, EnvelopeMiddleware
+from middlewares._error_routing import ErrorRoutingMiddleware
+from middlewares._metrics import MetricsMiddleware
+from middlewares._outputs import OutputsMiddleware
+from middlewares._prometheus import MetricSample
+from middlewares._retry import Budget, RetryPolicy
+from middlewares._state import Outcome
+from middlewares._tier import EnhancedTier, enhanced_stack
 
 __all__ = (
+    "Budget",
     "CurrentBrokerContext",
     "CurrentEnvelope",
+    "CurrentEnvelopes",
     "DeduplicationMiddleware",
+    "EnhancedTier",
     "EnvelopeMiddleware",
     "ErrorRoutingMiddleware",
+    "MetricSample",
     "MetricsMiddleware",
+    "Outcome",
     "OutputsMiddleware",
     "RetryPolicy",
-    "RevokeListener",
-    "close_stack",
-    "drain_stack",
     "enhanced_stack",
-    "revoke_listener",
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -15,7 +16,15 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError
 from faststream.kafka.message import FakeConsumer
 
-__all__ = ("CommitWindow", "commit_records", "first_offsets", "is_fake", "next_offsets", "seek_back")
+__all__ = (
+    "CommitWindow",
+    "Commits",
+    "commit_records",
+    "first_offsets",
+    "is_fake",
+    "next_offsets",
+    "seek_back",
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,3 +136,60 @@ class CommitWindow:
 def _log_failure(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.warning("coalesced commit failed (%s: %s); the records come again", type(exc).__name__, exc)
+
+
+class Commits:
+    """Every consumer's commits under one error routing: at once, or through a `CommitWindow` each.
+
+    `drain()` (before the broker stops) flushes and makes every later outcome commit at once,
+    while the consumers are still group members; `close()` (after) flushes what is left.
+    """
+
+    def __init__(self, *, every: int, interval_s: float) -> None:
+        self.every = every
+        self.interval_s = interval_s
+        self._windows: weakref.WeakKeyDictionary[Any, CommitWindow] = weakref.WeakKeyDictionary()
+        self._draining = False
+
+    async def commit(
+        self, consumer: Any, records: tuple[ConsumerRecord[Any, Any], ...], *, flush: bool = False
+    ) -> None:
+        """Commit `records` now, or through the consumer's window; `flush` empties the window too."""
+        if self.every == 1 or is_fake(consumer):
+            await commit_records(consumer, records)
+            return
+        window = self._windows.get(consumer)
+        if window is None:
+            window = self._windows[consumer] = CommitWindow(
+                consumer, every=self.every, interval_s=self.interval_s
+            )
+        await window.add(records, flush=flush or self._draining)
+
+    async def flush_partitions(self, partitions: Collection[TopicPartition]) -> None:
+        """Commit the pending offsets of revoked `partitions`; aiokafka still accepts them there."""
+        for window in list(self._windows.values()):
+            try:
+                await window.flush(partitions)
+            except Exception as exc:  # the new owner reads them again; dedup skips what was done
+                log.warning("commit on partition revoke failed (%s: %s)", type(exc).__name__, exc)
+
+    async def seek_back(self, consumer: Any, records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
+        window = self._windows.get(consumer) if not is_fake(consumer) else None
+        if window is not None:
+            await window.flush()  # what was processed before this record stays committed
+        seek_back(consumer, records)
+
+    async def drain(self) -> None:
+        self._draining = True
+        await self._flush_all("commit before shutdown")
+
+    async def close(self) -> None:
+        await self._flush_all("final commit")
+        self._draining = False
+
+    async def _flush_all(self, what: str) -> None:
+        for window in list(self._windows.values()):
+            try:
+                await window.flush()
+            except Exception as exc:  # the consumer may be gone already; the records come again
+                log.warning("%s failed (%s: %s)", what, type(exc).__name__, exc)

@@ -30,9 +30,9 @@ from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from alpha_streaming.dlq import DeadLetter, DlqHeaders, KafkaHeaderList
-from alpha_streaming.errors import KafkaClientError
-from alpha_streaming.topics import dlq_topic
+from alpha_streaming._dlq import DeadLetter, DlqHeaders, KafkaHeaderList
+from alpha_streaming._errors import KafkaClientError
+from alpha_streaming._topics import dlq_topic
 
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
@@ -266,10 +266,6 @@ def _fit(record: ConsumerRecord[Any, Any], headers: KafkaHeaderList, topic: _Dlq
             (key, value[: max(0, len(value) - excess)] if key == name else value) for key, value in headers
         ]
     return headers
-
-
-def _shorten(value: bytes, by: int) -> bytes:
-    return value[: max(0, len(value) - by)]
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:

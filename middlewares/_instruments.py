@@ -25,7 +25,7 @@ from weakref import WeakKeyDictionary
 from aiokafka.structs import TopicPartition
 from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
 
-from alpha_streaming.topics import broker_from_topic
+from alpha_streaming._topics import broker_from_topic
 
 __all__ = ("Instruments", "LagTracker", "Series", "Tally", "instruments_for")
 

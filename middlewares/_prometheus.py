@@ -12,14 +12,23 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 from wsgiref.simple_server import WSGIServer
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
 from prometheus_client import CollectorRegistry, start_http_server
 
-__all__ = ("PrivateMeters", "acquire", "release")
+__all__ = ("MetricSample", "PrivateMeters", "acquire", "release")
+
+
+class MetricSample(NamedTuple):
+    """One value read back from the meters (histograms give `<name>.count` and `<name>.sum`)."""
+
+    name: str
+    attributes: dict[str, Any]
+    value: float
 
 
 @dataclass(slots=True)
@@ -33,6 +42,22 @@ class PrivateMeters:
     thread: threading.Thread | None = None
     users: int = 0
     registry: CollectorRegistry | None = field(default=None, repr=False)
+
+    def read(self) -> list[MetricSample]:
+        """Every current value (histograms give `<name>.count` and `<name>.sum`)."""
+        data = self.reader.get_metrics_data()
+        samples: list[MetricSample] = []
+        for resource in data.resource_metrics if data is not None else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    for point in metric.data.data_points:
+                        attributes = dict(point.attributes or {})
+                        if isinstance(point, HistogramDataPoint):
+                            samples.append(MetricSample(metric.name + ".count", attributes, point.count))
+                            samples.append(MetricSample(metric.name + ".sum", attributes, point.sum))
+                        elif isinstance(point, NumberDataPoint):
+                            samples.append(MetricSample(metric.name, attributes, point.value))
+        return samples
 
 
 _BY_PORT: dict[int, PrivateMeters] = {}

@@ -14,8 +14,8 @@ from typing import Any
 
 from faststream.message import StreamMessage
 
-from alpha_streaming.envelope import EventEnvelope
-from alpha_streaming.topics import BrokerContext
+from alpha_streaming._envelope import EventEnvelope
+from alpha_streaming._topics import BrokerContext
 
 __all__ = ("MessageState", "Outcome", "state_of")
 

@@ -1,13 +1,17 @@
-"""Shared fixtures: real Kafka and Redis endpoints, unique topics and group ids.
+"""Shared fixtures: real Kafka and Redis endpoints, unique topics and group ids, test doubles.
 
-Endpoint resolution, in order:
+Endpoint resolution, per service, in order:
 1. `KAFKA_BOOTSTRAP_SERVERS` / `REDIS_URL` from the environment (`make test` sets them after
    `scripts/stack.sh up`);
-2. testcontainers (Redpanda + Redis) when a Docker engine answers;
-3. otherwise integration tests fail under `CI=true` and skip elsewhere, saying how to start
-   the local stack.
+2. testcontainers (Redpanda, Redis) when a Docker engine answers;
+3. otherwise the test fails under `CI=true` and skips elsewhere, saying how to start the stack.
 
-Tests in `tests/integration/` get the `integration` marker automatically.
+Markers follow what a test needs, read from the fixtures it uses (directly or through others):
+`kafka` (`kafka_bootstrap`, `kafka_admin`, `new_topic`), `redis` (`redis_url`, `redis_client`,
+`private_redis`); everything under `tests/integration/` is `integration` too, and the fault suite
+marks itself `fault`. So `pytest -m "not fault"` is the everyday loop and
+`pytest -m "not kafka and not redis and not fault"` runs the in-memory tests alone. A test under
+`tests/unit/` that asks for Kafka or Redis is a collection error: it belongs in `tests/integration/`.
 """
 
 from __future__ import annotations
@@ -25,19 +29,37 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.support import RecordingSink, Sleeps, Spy
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 START_HINT = (
     "start the local stack with `make stack-up` (or `scripts/stack.sh up`) and export "
     "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 REDIS_URL=redis://127.0.0.1:6379/0, "
     "or run everything with `make test`"
 )
+KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "kafka_admin", "new_topic"})
+REDIS_FIXTURES = frozenset({"redis_url", "redis_client", "private_redis"})
+TESTS = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    integration_dir = Path(__file__).parent / "integration"
+    misplaced: list[str] = []
     for item in items:
-        if integration_dir in Path(item.fspath).parents:
+        path = Path(item.fspath)
+        # The closure: fixtures the test asks for and every fixture those ask for.
+        used = set(getattr(item, "fixturenames", ()))
+        if TESTS / "integration" in path.parents:
             item.add_marker(pytest.mark.integration)
+        if used & KAFKA_FIXTURES:
+            item.add_marker(pytest.mark.kafka)
+        if used & REDIS_FIXTURES:
+            item.add_marker(pytest.mark.redis)
+        if TESTS / "unit" in path.parents and used & (KAFKA_FIXTURES | REDIS_FIXTURES):
+            misplaced.append(f"{item.nodeid} ({', '.join(sorted(used & (KAFKA_FIXTURES | REDIS_FIXTURES)))})")
+    if misplaced:
+        raise pytest.UsageError(
+            "unit tests run in memory; move these to tests/integration/:\n  " + "\n  ".join(misplaced)
+        )
 
 
 def unavailable(what: str) -> None:
@@ -110,40 +132,42 @@ class Endpoints:
 
 
 @pytest.fixture(scope="session")
-def endpoints() -> Iterator[Endpoints]:
-    kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    redis_url = os.environ.get("REDIS_URL")
+def kafka_bootstrap() -> Iterator[str]:
     with ExitStack() as stack:
-        if (kafka is None or redis_url is None) and docker_answers():
+        kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if kafka is None and docker_answers():
             from testcontainers.community.kafka import RedpandaContainer
-            from testcontainers.redis import RedisContainer
 
-            if kafka is None:
-                kafka = stack.enter_context(RedpandaContainer()).get_bootstrap_server()
-            if redis_url is None:
-                container = stack.enter_context(RedisContainer())
-                port = container.get_exposed_port(6379)
-                redis_url = f"redis://{container.get_container_host_ip()}:{port}/0"
+            kafka = stack.enter_context(RedpandaContainer()).get_bootstrap_server()
         if kafka is None:
             unavailable("Kafka (KAFKA_BOOTSTRAP_SERVERS unset and no Docker engine)")
-        if redis_url is None:
-            unavailable("Redis (REDIS_URL unset and no Docker engine)")
-        assert kafka is not None and redis_url is not None
+        assert kafka is not None
         if not any_answers(kafka, 9092):
             unavailable(f"Kafka at {kafka}")
-        if not answers(*host_port(redis_url, 6379)):
-            unavailable(f"Redis at {redis_url}")
-        yield Endpoints(kafka=kafka, redis=redis_url)
+        yield kafka
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(endpoints: Endpoints) -> str:
-    return endpoints.kafka
+def redis_url() -> Iterator[str]:
+    with ExitStack() as stack:
+        url = os.environ.get("REDIS_URL")
+        if url is None and docker_answers():
+            from testcontainers.redis import RedisContainer
+
+            container = stack.enter_context(RedisContainer())
+            url = f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
+        if url is None:
+            unavailable("Redis (REDIS_URL unset and no Docker engine)")
+        assert url is not None
+        if not answers(*host_port(url, 6379)):
+            unavailable(f"Redis at {url}")
+        yield url
 
 
 @pytest.fixture(scope="session")
-def redis_url(endpoints: Endpoints) -> str:
-    return endpoints.redis
+def endpoints(kafka_bootstrap: str, redis_url: str) -> Endpoints:
+    """Both services at once, for a test that hands them to a subprocess."""
+    return Endpoints(kafka=kafka_bootstrap, redis=redis_url)
 
 
 @pytest.fixture
@@ -215,3 +239,21 @@ async def new_topic(kafka_admin: AIOKafkaAdminClient) -> AsyncIterator[NewTopicF
 def unique() -> Callable[[str], str]:
     """Unique names for groups, keys and namespaces: `unique("group")` -> `group-1a2b3c4d`."""
     return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def spy() -> Spy:
+    """A fresh `Spy` (records every delivery and its final `MessageState`)."""
+    return Spy()
+
+
+@pytest.fixture
+def sink() -> RecordingSink:
+    """A DLQ sink that records what error routing would dead-letter."""
+    return RecordingSink()
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    """A `RetryPolicy(sleep=...)` that records the backoffs instead of waiting them."""
+    return Sleeps()

@@ -1,7 +1,7 @@
 """The `alpha-streaming` command: topic bootstrap and dead-letter inspection/replay.
 
 The only package that imports the CLI framework. The work itself lives in plain async functions
-(`alpha_streaming.admin`, `topic_selection`, `dlq_reader`, `dlq_replay`), so tests and the demo
+(`alpha_streaming._admin`, `topic_selection`, `dlq_reader`, `dlq_replay`), so tests and the demo
 call it without a shell. Results go to stdout, progress and errors to stderr; exit codes are
 listed in `EXIT_CODES`.
 """

@@ -9,8 +9,8 @@ from typing import Annotated, Any, TypeVar
 import pydantic
 import typer
 
-from alpha_streaming.errors import AlphaStreamingError, ConfigError
-from alpha_streaming.settings import RedpandaSettings
+from alpha_streaming._errors import AlphaStreamingError, ConfigError
+from alpha_streaming._settings import RedpandaSettings
 
 __all__ = (
     "EXIT_CODES",

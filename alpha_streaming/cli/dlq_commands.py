@@ -8,7 +8,13 @@ from typing import Annotated
 
 import typer
 
-from alpha_streaming.admin import connected_broker
+from alpha_streaming._admin import connected_broker
+from alpha_streaming._errors import ConfigError
+from alpha_streaming._settings import RedpandaSettings
+from alpha_streaming._tools.dlq_filters import RecordFilter, parse_filters
+from alpha_streaming._tools.dlq_reader import DlqEntry, inspect_dlq, preview
+from alpha_streaming._tools.dlq_replay import ReplayAction, ReplayCallback, ReplayReport, replay_dlq
+from alpha_streaming._topics import dlq_topic, is_dlq_topic
 from alpha_streaming.cli.common import (
     EXIT_CODES,
     EXIT_PARTIAL,
@@ -19,12 +25,6 @@ from alpha_streaming.cli.common import (
     run,
     settings_or_exit,
 )
-from alpha_streaming.dlq_filters import RecordFilter, parse_filters
-from alpha_streaming.dlq_reader import DlqEntry, inspect_dlq, preview
-from alpha_streaming.dlq_replay import ReplayAction, ReplayCallback, ReplayReport, replay_dlq
-from alpha_streaming.errors import ConfigError
-from alpha_streaming.settings import RedpandaSettings
-from alpha_streaming.topics import dlq_topic, is_dlq_topic
 
 __all__ = ("DEFAULT_REPLAY_GROUP", "dlq_app", "dlq_inspect", "dlq_replay", "format_entry", "format_replay")
 

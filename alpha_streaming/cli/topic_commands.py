@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from alpha_streaming.admin import (
+from alpha_streaming._admin import (
     TopicResult,
     TopicSpec,
     TopicStatus,
@@ -14,6 +14,9 @@ from alpha_streaming.admin import (
     connected_broker,
     ensure_topics,
 )
+from alpha_streaming._errors import AlphaStreamingError
+from alpha_streaming._settings import RedpandaSettings
+from alpha_streaming._tools.topic_selection import bootstrap_specs, topic_names
 from alpha_streaming.cli.common import (
     EXIT_CODES,
     EXIT_PARTIAL,
@@ -23,9 +26,6 @@ from alpha_streaming.cli.common import (
     run,
     settings_for,
 )
-from alpha_streaming.errors import AlphaStreamingError
-from alpha_streaming.settings import RedpandaSettings
-from alpha_streaming.topic_selection import bootstrap_specs, topic_names
 
 __all__ = ("format_topic_result", "topics_app", "topics_bootstrap")
 

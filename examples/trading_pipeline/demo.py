@@ -10,7 +10,7 @@
    envelope), a venue that times out twice (transient: retried), and an instrument missing
    from the reference data (permanent: dead-lettered).
 3. Waits until every consumer group has committed up to the log end, adds the missing
-   instrument, replays its dead letters with `alpha_streaming.dlq_replay` (what the CLI's
+   instrument, replays its dead letters with `alpha_streaming._tools.dlq_replay` (what the CLI's
    `dlq replay` runs), waits again, and stops the orchestrator gracefully.
 4. Reads everything back (topics, consumer-group offsets, the services' OpenTelemetry
    metrics, Redis) and prints the report. Exit status 0 when nothing was lost or doubled,
@@ -37,15 +37,23 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
 from redis.asyncio import Redis
 
-from alpha_streaming import RedpandaProducer, RedpandaSettings, ServiceOrchestrator, Settings
-from alpha_streaming.admin import broker_admin, connected_broker, ensure_topics
-from alpha_streaming.dlq_filters import parse_filters
-from alpha_streaming.dlq_replay import replay_dlq
-from alpha_streaming.errors import InfrastructureError
-from alpha_streaming.ids import uuid7
-from alpha_streaming.settings import DedupSettings
-from alpha_streaming.topic_selection import bootstrap_specs
-from alpha_streaming.topics import TopicMap, dlq_topic
+from alpha_streaming import (
+    DedupSettings,
+    InfrastructureError,
+    RedpandaProducer,
+    RedpandaSettings,
+    ServiceOrchestrator,
+    Settings,
+    TopicMap,
+    bootstrap_specs,
+    broker_admin,
+    connected_broker,
+    dlq_topic,
+    ensure_topics,
+    parse_filters,
+    replay_dlq,
+    uuid7,
+)
 from examples.trading_pipeline import wire
 from examples.trading_pipeline.feed import BASE_PRICES, UNLISTED_TOKEN, FeedPlan, MarketFeed
 from examples.trading_pipeline.report import GroupPosition, Metric, RunData, analyse
@@ -53,7 +61,7 @@ from examples.trading_pipeline.risk import UnknownInstrumentError
 from examples.trading_pipeline.services import InstrumentMaster, Pipeline, build_pipeline
 from examples.trading_pipeline.strategies import StrategyBook
 from examples.trading_pipeline.topology import NAMESPACES, PARTITIONS, consumers, dlq_topics, pipeline_topics
-from middlewares.retry import Budget, RetryPolicy
+from middlewares import Budget, RetryPolicy
 
 __all__ = ("main", "run_demo")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from alpha_streaming.errors import InfrastructureError
+from alpha_streaming import InfrastructureError
 from examples.trading_pipeline.models import OrderFilled, Side, Signal
 
 __all__ = ("FlakyGateway", "Gateway", "PaperGateway")

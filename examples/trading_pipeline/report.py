@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
 
-from alpha_streaming.dlq import DeadLetter, DlqHeaders
-from alpha_streaming.topics import TopicMap, is_dlq_topic
+from alpha_streaming import DeadLetter, DlqHeaders, TopicMap, is_dlq_topic
 from examples.trading_pipeline.models import EventType
 from examples.trading_pipeline.topology import NAMESPACES, TICKS, consumers, pipeline_topics
 from examples.trading_pipeline.wire import WireRecord

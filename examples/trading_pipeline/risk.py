@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from alpha_streaming.errors import PermanentError
+from alpha_streaming import PermanentError
 from examples.trading_pipeline.models import Signal
 
 __all__ = ("NOTIONAL_LIMITS", "Instrument", "RiskDecision", "UnknownInstrumentError", "check_signal")

@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from opentelemetry.metrics import MeterProvider
 from redis.asyncio import Redis
 
-from alpha_streaming import StreamServiceBuilder, TopicMap
-from alpha_streaming.service import CurrentProducer, StreamService
-from alpha_streaming.settings import Settings
+from alpha_streaming import CurrentProducer, Settings, StreamService, StreamServiceBuilder, TopicMap
 from examples.trading_pipeline.engine import FlakyGateway, Gateway, PaperGateway
 from examples.trading_pipeline.feed import SOURCE as FEED
 from examples.trading_pipeline.models import EventType, Signal, SignalRejected, Tick

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from alpha_streaming.topics import TopicMap, dlq_topic
+from alpha_streaming import TopicMap, dlq_topic
 
 __all__ = (
     "NAMESPACES",

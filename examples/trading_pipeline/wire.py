@@ -13,10 +13,7 @@ from functools import cached_property
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from alpha_streaming.admin import topic_partitions
-from alpha_streaming.envelope import EventEnvelope
-from alpha_streaming.errors import EnvelopeError
-from alpha_streaming.log_reader import StoredRecord, read_bounded
+from alpha_streaming import EnvelopeError, EventEnvelope, StoredRecord, read_bounded, topic_partitions
 
 __all__ = (
     "Offsets",

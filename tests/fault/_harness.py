@@ -24,9 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from alpha_streaming import EventEnvelope, RedpandaProducer, RedpandaSettings
-from alpha_streaming.dlq import DeadLetter
-from alpha_streaming.log_reader import read_bounded
+from alpha_streaming import DeadLetter, EventEnvelope, RedpandaProducer, RedpandaSettings, read_bounded
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = REPO / "scripts" / "stack.sh"

@@ -27,9 +27,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from alpha_streaming import Settings, StreamServiceBuilder
-from alpha_streaming.errors import TransientError
-from middlewares.envelope import CurrentBrokerContext, CurrentEnvelope
+from alpha_streaming import Settings, StreamServiceBuilder, TransientError
+from middlewares import CurrentBrokerContext, CurrentEnvelope
 
 METRICS_EVERY_S = 0.1
 

@@ -1,11 +1,13 @@
 """Stage 1 of the consume -> produce scenario: `faststream run tests.fault.pipeline_stage1:app`.
 
-A decorator-style FastStream app on the enhanced tier, wired the way `examples/decorator_app.py`
-shows a user: `make_broker(..., middlewares=enhanced_stack(...), ack_policy=AckPolicy.MANUAL)`
-with dedup on, `listener=revoke_listener(broker)` on the subscriber, `drain_stack` on shutdown,
-`close_stack` after. Its handler consumes `FAULT_TOPIC` in `FAULT_GROUP` and RETURNS one child
-per input through `@broker.publisher(FAULT_OUTPUT_TOPIC)`; the child's data carries the input's
-`seq` (the envelope's `causation_id`, the input's id, is filled in by the stack).
+A decorator-style FastStream app on the enhanced tier, wired the way a user does it: one
+`EnhancedTier(SERVICE, settings=..., redis=...)` (dedup on), then the two lines
+`broker = tier.broker(...)` (subscribers `AckPolicy.MANUAL` by default) and `tier.install(app)`
+(ack policies checked and the revoke listener given to every subscriber at startup, pending
+commits drained before the broker stops, the tier closed after). Its handler consumes
+`FAULT_TOPIC` in `FAULT_GROUP` and RETURNS one child per input through
+`@broker.publisher(FAULT_OUTPUT_TOPIC)`; the child's data carries the input's `seq` (the
+envelope's `causation_id`, the input's id, is filled in by the tier).
 
 Ledger (`FAULT_LEDGER_DIR`): one line per handler run, `input_id partition offset pid time`,
 written when the handler runs, before its output exists, so a repeated line is a re-run.
@@ -17,22 +19,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from faststream import AckPolicy, FastStream
+from faststream import FastStream
 from faststream.kafka import KafkaResponse, Topic
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from alpha_streaming import Settings
-from alpha_streaming.broker import make_broker
-from middlewares import (
-    CurrentBrokerContext,
-    CurrentEnvelope,
-    RetryPolicy,
-    close_stack,
-    drain_stack,
-    enhanced_stack,
-    revoke_listener,
-)
+from middlewares import CurrentBrokerContext, CurrentEnvelope, EnhancedTier
 from tests.fault._service_kit import Ledger, ProcessFigures
 
 SERVICE = os.environ["FAULT_SERVICE"]
@@ -55,20 +48,10 @@ ledger_dir = Path(os.environ["FAULT_LEDGER_DIR"])
 ledger = Ledger(ledger_dir)
 figures = ProcessFigures(ledger_dir)
 redis = Redis.from_url(settings.redis_url)
-broker = make_broker(
-    settings.redpanda,
-    middlewares=enhanced_stack(
-        service=SERVICE,
-        redis=redis,
-        dedup=settings.dedup,
-        policy=RetryPolicy.from_settings(settings.retry),
-        meter_provider=figures.meter_provider,
-        commit_every=settings.consumer.commit_every,
-        commit_interval_s=settings.consumer.commit_interval_s,
-    ),
-    ack_policy=AckPolicy.MANUAL,
-)
-app = FastStream(broker)
+# Retry policy, dedup settings and commit window from `settings`; counters into the figures.
+tier = EnhancedTier(SERVICE, settings=settings, redis=redis, meter_provider=figures.meter_provider)
+broker = tier.broker(settings.redpanda)
+app = tier.install(FastStream(broker))
 figures.attach(app)
 poll = settings.consumer
 
@@ -77,11 +60,9 @@ poll = settings.consumer
     Topic(INPUT, declare=False),
     group_id=settings.redpanda.group_id(os.environ["FAULT_GROUP"]),
     auto_offset_reset="earliest",
-    ack_policy=AckPolicy.MANUAL,
     max_poll_interval_ms=poll.max_poll_interval_ms,
     session_timeout_ms=poll.session_timeout_ms,
     heartbeat_interval_ms=poll.heartbeat_interval_ms,
-    listener=revoke_listener(broker),
 )
 @broker.publisher(OUTPUT)
 async def relay(order: FaultOrder, envelope: CurrentEnvelope, where: CurrentBrokerContext) -> KafkaResponse:
@@ -90,12 +71,7 @@ async def relay(order: FaultOrder, envelope: CurrentEnvelope, where: CurrentBrok
     return KafkaResponse(FaultChild(seq=order.seq), key=(envelope.key or "").encode())
 
 
-@app.on_shutdown
-async def commit_pending() -> None:
-    await drain_stack(broker.middlewares)
-
-
 @app.after_shutdown
 async def release() -> None:
-    await close_stack(broker.middlewares)
+    """The tier does not own the Redis client it was given."""
     await redis.aclose()

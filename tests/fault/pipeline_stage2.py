@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from alpha_streaming import Settings, StreamServiceBuilder
-from middlewares.envelope import CurrentBrokerContext, CurrentEnvelope
+from middlewares import CurrentBrokerContext, CurrentEnvelope
 from tests.fault._service_kit import Ledger, ProcessFigures
 
 

@@ -19,10 +19,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from typer.testing import CliRunner
 
 from alpha_streaming import RedpandaConsumer, RedpandaProducer, RedpandaSettings, cli
-from alpha_streaming.admin import TopicSpec, TopicStatus, broker_admin, connected_broker, ensure_topics
-from alpha_streaming.broker import make_broker
-from alpha_streaming.dlq import DlqHeaders
-from alpha_streaming.errors import KafkaClientError
+from alpha_streaming._admin import TopicSpec, TopicStatus, broker_admin, connected_broker, ensure_topics
+from alpha_streaming._broker import make_broker
+from alpha_streaming._dlq import DlqHeaders
+from alpha_streaming._errors import KafkaClientError
 from middlewares._dead_letter import DeadLetterWriter
 from tests.conftest import NewTopicFactory
 

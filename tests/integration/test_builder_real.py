@@ -14,13 +14,14 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel
 
-from alpha_streaming.builder import StreamServiceBuilder
-from alpha_streaming.envelope import EnvelopeHeaders, EventEnvelope
-from alpha_streaming.service import CurrentProducer
-from alpha_streaming.settings import DedupSettings, RedpandaSettings, Settings
-from alpha_streaming.topics import BrokerContext
-from middlewares.envelope import CurrentBrokerContext, CurrentEnvelope
+from alpha_streaming._envelope import EnvelopeHeaders, EventEnvelope
+from alpha_streaming._services.builder import StreamServiceBuilder
+from alpha_streaming._services.service import CurrentProducer
+from alpha_streaming._settings import DedupSettings, RedpandaSettings, Settings
+from alpha_streaming._topics import BrokerContext
+from middlewares._envelope import CurrentBrokerContext, CurrentEnvelope
 from tests.conftest import NewTopicFactory
+from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,12 +58,6 @@ async def read_records(bootstrap: str, topic: str, count: int, within_s: float =
     finally:
         await consumer.stop()
     return records
-
-
-async def until(condition: Any, within_s: float = 30.0) -> None:
-    async with asyncio.timeout(within_s):
-        while not condition():  # noqa: ASYNC110  # polls state written by another task
-            await asyncio.sleep(0.05)
 
 
 async def test_legacy_and_typed_handlers_across_namespaces_with_lineage_on_the_wire(
@@ -109,7 +104,7 @@ async def test_legacy_and_typed_handlers_across_namespaces_with_lineage_on_the_w
     await send_envelopes(kafka_bootstrap, (ticks, tick), (paper, paper_signal), (zerodha, zerodha_signal))
     await service.start()
     try:
-        await until(lambda: len(legacy_seen) == 1 and len(typed_seen) == 2)
+        await eventually(lambda: len(legacy_seen) == 1 and len(typed_seen) == 2, "all three events handled")
         [child] = await read_records(kafka_bootstrap, validated, 1)
     finally:
         await service.stop()

@@ -21,10 +21,10 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from typer.testing import CliRunner, Result
 
 from alpha_streaming import RedpandaSettings, cli
-from alpha_streaming.admin import connected_broker
-from alpha_streaming.dlq import DeadLetter, DlqHeaders
-from alpha_streaming.dlq_reader import DlqEntry
-from alpha_streaming.dlq_replay import ReplayAction, replay_dlq
+from alpha_streaming._admin import connected_broker
+from alpha_streaming._dlq import DeadLetter, DlqHeaders
+from alpha_streaming._tools.dlq_reader import DlqEntry
+from alpha_streaming._tools.dlq_replay import ReplayAction, replay_dlq
 from tests.conftest import NewTopicFactory
 
 runner = CliRunner()

@@ -2,8 +2,8 @@
 processed exactly once, and replaying it again is suppressed by dedup's done marker.
 
 The CLI runs as the installed console script in its own process, as an operator would run it.
-Runs the enhanced stack (`middlewares.enhanced_stack`, `ErrorRoutingMiddleware`,
-`AckPolicy.MANUAL`) on a real KafkaBroker against the real Kafka and Redis.
+Runs the enhanced tier (`EnhancedTier`: `tier.broker()`, `tier.install(app)`) on a real
+KafkaBroker against the real Kafka and Redis.
 """
 
 from __future__ import annotations
@@ -16,39 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from faststream import AckPolicy
+from faststream import FastStream
 from faststream.kafka import Topic
 
 from alpha_streaming import EventEnvelope, RedpandaSettings
-from alpha_streaming.broker import make_broker
-from alpha_streaming.errors import PermanentError
-from middlewares import CurrentEnvelope, enhanced_stack
-from middlewares.stack import close_stack
+from alpha_streaming._errors import PermanentError
+from middlewares import CurrentEnvelope, EnhancedTier
 from tests.conftest import NewTopicFactory
+from tests.support import end_offset, eventually
 
 DEADLINE_S = 60.0
 CONSOLE_SCRIPT = Path(sys.executable).parent / "alpha-streaming"
-
-
-async def eventually(condition: Callable[[], Any], what: str) -> None:
-    try:
-        async with asyncio.timeout(DEADLINE_S):
-            while not await condition():  # noqa: ASYNC110  # polls state held by the broker
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {DEADLINE_S:.0f} s: {what}") from None
-
-
-async def end_offset(kafka_bootstrap: str, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        return int((await consumer.end_offsets([tp]))[tp])
-    finally:
-        await consumer.stop()
 
 
 async def committed(admin: AIOKafkaAdminClient, group: str, topic: str) -> int:
@@ -87,17 +67,10 @@ async def test_fix_the_bug_replay_and_the_event_is_processed_once(
     calls: list[str] = []
     processed: list[str] = []
 
-    stack = enhanced_stack(service=service, redis=redis_client, metrics=False)
-    broker = make_broker(
-        RedpandaSettings(bootstrap_servers=kafka_bootstrap), middlewares=stack, ack_policy=AckPolicy.MANUAL
-    )
+    tier = EnhancedTier(service, redis=redis_client, metrics=False)
+    broker = tier.broker(RedpandaSettings(bootstrap_servers=kafka_bootstrap))
 
-    @broker.subscriber(
-        Topic(source, declare=False),
-        group_id=group,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,
-    )
+    @broker.subscriber(Topic(source, declare=False), group_id=group, auto_offset_reset="earliest")
     async def handle(payload: dict[str, Any], envelope: CurrentEnvelope) -> None:
         calls.append(envelope.id)
         if bug["present"]:
@@ -105,58 +78,60 @@ async def test_fix_the_bug_replay_and_the_event_is_processed_once(
         processed.append(envelope.id)
 
     event = EventEnvelope.create(type="order.filled", data={"qty": "1.5"}, source="test", key="strat:7")
+    app = tier.install(FastStream(broker))
     try:
-        async with broker:
-            await broker.start()
-            producer = AIOKafkaProducer(
-                bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all"
+        await app.start()
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                source,
+                key=b"strat:7",
+                value=event.to_bytes(),
+                headers=[(k, v.encode()) for k, v in event.headers().items()],
             )
-            await producer.start()
-            try:
-                await producer.send_and_wait(
-                    source,
-                    key=b"strat:7",
-                    value=event.to_bytes(),
-                    headers=[(k, v.encode()) for k, v in event.headers().items()],
-                )
-            finally:
-                await producer.stop()
+        finally:
+            await producer.stop()
 
-            # The bug dead-letters the event (permanent: no retries) and its offset is committed.
-            async def dead_lettered() -> bool:
-                return await end_offset(kafka_bootstrap, dlq) == 1 and (
-                    await committed(kafka_admin, group, source) == 1
-                )
+        # The bug dead-letters the event (permanent: no retries) and its offset is committed.
+        async def dead_lettered() -> bool:
+            return await end_offset(kafka_bootstrap, dlq) == 1 and (
+                await committed(kafka_admin, group, source) == 1
+            )
 
-            await eventually(dead_lettered, "the event was dead-lettered and its offset committed")
-            assert calls == [event.id] and processed == []
+        await eventually(
+            dead_lettered, "the event was dead-lettered and its offset committed", within_s=DEADLINE_S
+        )
+        assert calls == [event.id] and processed == []
 
-            # `dlq inspect` reads the error routing's headers: the class and message of the bug.
-            inspected = await alpha_streaming("dlq", "inspect", dlq, "--json", "-b", kafka_bootstrap)
-            (row,) = [json.loads(line) for line in inspected.splitlines()]
-            assert row["error"] == "alpha_streaming.errors.PermanentError"
-            assert row["message"].startswith("bug: cannot handle")
-            assert (row["original_topic"], row["original_offset"], row["key"]) == (source, 0, "strat:7")
+        # `dlq inspect` reads the error routing's headers: the class and message of the bug.
+        inspected = await alpha_streaming("dlq", "inspect", dlq, "--json", "-b", kafka_bootstrap)
+        (row,) = [json.loads(line) for line in inspected.splitlines()]
+        assert row["error"] == "alpha_streaming._errors.PermanentError"
+        assert row["message"].startswith("bug: cannot handle")
+        assert (row["original_topic"], row["original_offset"], row["key"]) == (source, 0, "strat:7")
 
-            bug["present"] = False
-            out = await replay(kafka_bootstrap, dlq, unique("replay"))
-            assert "replayed 1" in out
+        bug["present"] = False
+        out = await replay(kafka_bootstrap, dlq, unique("replay"))
+        assert "replayed 1" in out
 
-            async def handled_replay() -> bool:
-                return await committed(kafka_admin, group, source) == 2
+        async def handled_replay() -> bool:
+            return await committed(kafka_admin, group, source) == 2
 
-            await eventually(handled_replay, "the replayed event was consumed and committed")
-            assert processed == [event.id]
+        await eventually(handled_replay, "the replayed event was consumed and committed", within_s=DEADLINE_S)
+        assert processed == [event.id]
 
-            # Replaying the same DLQ record again (a fresh replay group) is suppressed by dedup.
-            again = await replay(kafka_bootstrap, dlq, unique("replay"))
-            assert "replayed 1" in again
+        # Replaying the same DLQ record again (a fresh replay group) is suppressed by dedup.
+        again = await replay(kafka_bootstrap, dlq, unique("replay"))
+        assert "replayed 1" in again
 
-            async def handled_second_replay() -> bool:
-                return await committed(kafka_admin, group, source) == 3
+        async def handled_second_replay() -> bool:
+            return await committed(kafka_admin, group, source) == 3
 
-            await eventually(handled_second_replay, "the second replay was consumed and committed")
-            assert processed == [event.id], "the event was processed more than once"
-            assert calls == [event.id, event.id], "the duplicate reached the handler"
+        await eventually(
+            handled_second_replay, "the second replay was consumed and committed", within_s=DEADLINE_S
+        )
+        assert processed == [event.id], "the event was processed more than once"
+        assert calls == [event.id, event.id], "the duplicate reached the handler"
     finally:
-        await close_stack(stack)  # the DLQ writer's own producer
+        await app.stop()  # drain, stop the broker, close the tier (the DLQ writer's own producer)

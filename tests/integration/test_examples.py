@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from alpha_streaming import EventEnvelope, RedpandaSettings, Settings, TopicMap
-from alpha_streaming.dlq import DeadLetter
+from alpha_streaming._dlq import DeadLetter
 from examples.trading_pipeline.models import OrderFilled, Side, Signal
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,14 +23,15 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
 
-from alpha_streaming.builder import StreamServiceBuilder
-from alpha_streaming.envelope import EventEnvelope
-from alpha_streaming.orchestrator import ServiceOrchestrator
-from alpha_streaming.service import CurrentProducer, StreamService
-from alpha_streaming.settings import DedupSettings, RedpandaSettings, Settings
-from middlewares.envelope import CurrentBrokerContext
+from alpha_streaming._envelope import EventEnvelope
+from alpha_streaming._services.builder import StreamServiceBuilder
+from alpha_streaming._services.orchestrator import ServiceOrchestrator
+from alpha_streaming._services.service import CurrentProducer, StreamService
+from alpha_streaming._settings import DedupSettings, RedpandaSettings, Settings
+from middlewares._envelope import CurrentBrokerContext
 from tests.conftest import NewTopicFactory
-from tests.integration.test_builder_real import read_records, send_envelopes, until
+from tests.integration.test_builder_real import read_records, send_envelopes
+from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 GRACEFUL_S = 20.0
@@ -142,7 +143,7 @@ async def test_failing_handler_keeps_the_loop_and_a_dead_loop_is_restarted(
     try:
         await broker.publish({"n": 1}, topic)
         await broker.publish({"n": 2}, topic)
-        await until(lambda: handled == [1, 2])
+        await eventually(lambda: handled == [1, 2], "the first two events handled")
         # End the consume loop the way a bug in a client library would.
         [subscriber] = broker.subscribers
         for task in list(subscriber.tasks):  # type: ignore[attr-defined]
@@ -154,7 +155,7 @@ async def test_failing_handler_keeps_the_loop_and_a_dead_loop_is_restarted(
                     break
                 await asyncio.sleep(0.1)
         await broker.publish({"n": 3}, topic)
-        await until(lambda: handled == [1, 2, 3])
+        await eventually(lambda: handled == [1, 2, 3], "the third event handled")
     finally:
         await orchestrator.stop()
 

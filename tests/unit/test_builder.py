@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 from typing import Any
+from unittest.mock import AsyncMock, MagicMock
 
 import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+from faststream import TestApp
 from faststream.kafka import TestKafkaBroker
 from pydantic import BaseModel
+from redis.asyncio import Redis
 
-from alpha_streaming.builder import StreamServiceBuilder
-from alpha_streaming.envelope import EventEnvelope
-from alpha_streaming.errors import ConfigError
-from alpha_streaming.handlers import HandlerKind, inspect_handler
-from alpha_streaming.ids import child_id
-from alpha_streaming.service import CurrentProducer, StreamService
-from alpha_streaming.settings import DedupSettings, RedpandaSettings, Settings
-from alpha_streaming.topics import BrokerContext
-from middlewares.envelope import CurrentBrokerContext, CurrentEnvelope
+from alpha_streaming._envelope import EventEnvelope
+from alpha_streaming._errors import ConfigError
+from alpha_streaming._ids import child_id
+from alpha_streaming._services.builder import StreamServiceBuilder
+from alpha_streaming._services.handlers import HandlerKind, inspect_handler
+from alpha_streaming._services.service import CurrentProducer, StreamService
+from alpha_streaming._settings import DedupSettings, RedpandaSettings, Settings
+from alpha_streaming._topics import BrokerContext
+from middlewares._envelope import CurrentBrokerContext, CurrentEnvelope
+from middlewares._error_routing import ErrorRoutingMiddleware
+from middlewares._tier import AUTO_COMMIT_EVERY
 
 NO_DEDUP = Settings(dedup=DedupSettings(enabled=False))
 CONFIG = RedpandaSettings(bootstrap_servers="127.0.0.1:9092")
@@ -238,8 +244,8 @@ def test_producer_is_refused_with_a_fix_when_not_added() -> None:
 
 
 def test_metrics_only_with_with_metrics_and_error_routing_always() -> None:
-    from middlewares.error_routing import ErrorRoutingMiddleware
-    from middlewares.metrics import MetricsMiddleware
+    from middlewares._error_routing import ErrorRoutingMiddleware
+    from middlewares._metrics import MetricsMiddleware
 
     def kinds(service: StreamService) -> list[type]:
         return [type(m) for m in service.broker.middlewares]
@@ -255,8 +261,8 @@ def test_metrics_only_with_with_metrics_and_error_routing_always() -> None:
 def test_consumer_settings_reach_the_subscribers_and_the_commit_window() -> None:
     from redis.asyncio import Redis
 
-    from alpha_streaming.settings import ConsumerSettings
-    from middlewares.error_routing import ErrorRoutingMiddleware
+    from alpha_streaming._settings import ConsumerSettings
+    from middlewares._error_routing import ErrorRoutingMiddleware
 
     poll = ConsumerSettings(
         max_poll_interval_ms=4_000,
@@ -281,7 +287,7 @@ def test_consumer_settings_reach_the_subscribers_and_the_commit_window() -> None
 
 
 def test_coalesced_commits_without_dedup_are_refused_at_build() -> None:
-    from alpha_streaming.settings import ConsumerSettings
+    from alpha_streaming._settings import ConsumerSettings
 
     settings = Settings(dedup=DedupSettings(enabled=False), consumer=ConsumerSettings(commit_every=50))
     message = build_error(
@@ -293,29 +299,38 @@ def test_coalesced_commits_without_dedup_are_refused_at_build() -> None:
 
 
 def test_heartbeat_must_be_below_session_timeout() -> None:
-    from alpha_streaming.settings import ConsumerSettings
+    from alpha_streaming._settings import ConsumerSettings
 
     with pytest.raises(ValueError, match="heartbeat_interval_ms=10000 must be below"):
         ConsumerSettings(heartbeat_interval_ms=10_000, session_timeout_ms=10_000)
 
 
-def test_commits_coalesce_with_dedup_and_every_subscriber_commits_on_revoke() -> None:
-    from redis.asyncio import Redis
-
-    from alpha_streaming.settings import AUTO_COMMIT_EVERY
-    from middlewares.error_routing import ErrorRoutingMiddleware
-    from middlewares.stack import RevokeListener
-
-    def wired(b: StreamServiceBuilder) -> tuple[int, list[Any]]:
-        service = (
+async def test_commits_coalesce_with_dedup_and_every_subscriber_commits_on_revoke() -> None:
+    def built(b: StreamServiceBuilder) -> StreamService:
+        return (
             b.add_consumer_handler(topics=["a.b.c"], group_id="g1", handler_func=legacy)
             .add_consumer_handler(topics=["d.e.f"], group_id="g2", handler_func=legacy)
             .build()
         )
-        (routing,) = [m for m in service.broker.middlewares if isinstance(m, ErrorRoutingMiddleware)]
-        return routing.commit_every, [s._listener for s in service.broker.subscribers]  # type: ignore[attr-defined]
 
-    every, listeners = wired(builder(Settings()).with_redis(Redis()))  # never connected: build() only wires
-    assert every == AUTO_COMMIT_EVERY
-    assert len(listeners) == 2 and all(isinstance(listener, RevokeListener) for listener in listeners)
-    assert wired(builder())[0] == 1, "without dedup every outcome is committed at once"
+    def routing_of(service: StreamService) -> ErrorRoutingMiddleware:
+        (routing,) = [m for m in service.broker.middlewares if isinstance(m, ErrorRoutingMiddleware)]
+        return routing
+
+    service = built(builder(Settings()).with_redis(Redis()))  # never connected: nothing here reaches it
+    routing = routing_of(service)
+    assert routing.commit_every == AUTO_COMMIT_EVERY
+    assert routing_of(built(builder())).commit_every == 1, "without dedup every outcome is committed at once"
+
+    async with TestKafkaBroker(service.broker), TestApp(service.app):
+        # The listeners are given at startup; the in-memory broker starts no consumer and has no
+        # rebalance, so each subscriber's listener is called here as aiokafka would call it.
+        for subscriber in service.broker.subscribers:
+            (topic,) = subscriber.topic_names  # type: ignore[attr-defined]
+            partition = TopicPartition(topic, 0)
+            consumer = MagicMock(commit=AsyncMock(), assignment=MagicMock(return_value={partition}))
+            record = ConsumerRecord(topic, 0, 4, 0, 0, None, b"{}", None, 0, 2, [])
+            await routing.commits.commit(consumer, (record,))  # an outcome waiting in the window
+            consumer.commit.assert_not_called()
+            await subscriber._listener.on_partitions_revoked({partition})  # type: ignore[attr-defined]
+            consumer.commit.assert_awaited_once_with({partition: 5})

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from alpha_streaming.dlq import DeadLetter, DlqHeaders, strip_dlq_headers
+from alpha_streaming._dlq import DeadLetter, DlqHeaders, strip_dlq_headers
 
 
 def letter(**overrides: object) -> DeadLetter:

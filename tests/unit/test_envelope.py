@@ -10,8 +10,8 @@ import pytest
 from pydantic import BaseModel
 
 from alpha_streaming import EventEnvelope
-from alpha_streaming.envelope import EnvelopeHeaders
-from alpha_streaming.errors import EnvelopeError
+from alpha_streaming._envelope import EnvelopeHeaders
+from alpha_streaming._errors import EnvelopeError
 
 
 class OrderFilled(BaseModel):

@@ -8,7 +8,7 @@ import uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
-from alpha_streaming.ids import CHILD_ID_NAMESPACE, child_id, uuid7
+from alpha_streaming._ids import CHILD_ID_NAMESPACE, child_id, uuid7
 
 
 def test_version_and_variant_bits() -> None:

@@ -6,16 +6,18 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
-from faststream import FastStream
+from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 
-from alpha_streaming.errors import ClientStateError, ConfigError
-from alpha_streaming.health import HealthReport, ServiceHealth, SubscriberHealth
-from alpha_streaming.orchestrator import ServiceOrchestrator
+from alpha_streaming._errors import ClientStateError, ConfigError
+from alpha_streaming._services.health import HealthReport, ServiceHealth, SubscriberHealth
+from alpha_streaming._services.orchestrator import ServiceOrchestrator
+from middlewares._error_routing import ErrorRoutingMiddleware
+from tests.support import eventually
 
 
 def recording_app(
@@ -37,14 +39,6 @@ def recording_app(
         events.append(f"{name}:stop")
 
     return FastStream(broker, on_startup=[on_start], on_shutdown=[on_stop])
-
-
-async def eventually(condition: Callable[[], bool], within_s: float = 10.0) -> None:
-    for _ in range(int(within_s / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"condition not met within {within_s}s")
 
 
 @asynccontextmanager
@@ -107,7 +101,7 @@ async def test_run_returns_after_sigterm_with_everything_stopped() -> None:
     orchestrator = ServiceOrchestrator(*apps)
     async with in_memory(*apps):
         runner = asyncio.create_task(orchestrator.run())
-        await eventually(lambda: events == ["feed:start", "risk:start"])
+        await eventually(lambda: events == ["feed:start", "risk:start"], "both units to start")
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.wait_for(runner, 10)
     assert events[2:] == ["risk:stop", "feed:stop"]
@@ -121,7 +115,7 @@ async def test_request_stop_ends_run() -> None:
     orchestrator = ServiceOrchestrator(app)
     async with in_memory(app):
         runner = asyncio.create_task(orchestrator.run())
-        await eventually(lambda: bool(events))
+        await eventually(lambda: bool(events), "the unit to start")
         orchestrator.request_stop()
         await asyncio.wait_for(runner, 10)
     assert events == ["solo:start", "solo:stop"]
@@ -136,6 +130,29 @@ def test_rejects_unknown_units_and_duplicate_names() -> None:
         orchestrator.add(app_b, name="same")
     with pytest.raises(ConfigError, match="graceful_timeout"):
         ServiceOrchestrator(graceful_timeout=0)
+
+
+def test_an_app_with_error_routing_but_no_tier_is_refused_unless_its_acks_are_manual() -> None:
+    """Without `EnhancedTier.install`, nothing else checks the ack policy before messages flow."""
+    broker = KafkaBroker(middlewares=(ErrorRoutingMiddleware(service="svc"),))  # default: ACK_FIRST
+
+    @broker.subscriber("paper.fills", group_id="risk")
+    async def auto(body: dict[str, object]) -> None: ...
+
+    @broker.subscriber("paper.orders", group_id="risk", ack_policy=AckPolicy.MANUAL)
+    async def manual(body: dict[str, object]) -> None: ...
+
+    with pytest.raises(ConfigError, match=r"AckPolicy\.MANUAL") as refused:
+        ServiceOrchestrator(FastStream(broker))
+    assert "paper.fills" in str(refused.value)
+    assert "paper.orders" not in str(refused.value)
+
+    fixed = KafkaBroker(middlewares=(ErrorRoutingMiddleware(service="svc"),), ack_policy=AckPolicy.MANUAL)
+    fixed.subscriber("paper.fills", group_id="risk")(auto)
+    assert ServiceOrchestrator(FastStream(fixed)).names == ["app-1"]
+    plain = KafkaBroker()  # no error routing: its own ack policy is the app's business
+    plain.subscriber("paper.fills", group_id="risk")(auto)
+    assert ServiceOrchestrator(FastStream(plain)).names == ["app-1"]
 
 
 def test_health_port_without_endpoint_says_how_to_enable_it() -> None:

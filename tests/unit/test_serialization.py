@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from pydantic import BaseModel
 
-from alpha_streaming import serialization
+from alpha_streaming import _serialization as serialization
 
 
 class Fill(BaseModel):

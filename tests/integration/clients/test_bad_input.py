@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from alpha_streaming import RedpandaConsumer, RedpandaProducer, RedpandaSettings
-from alpha_streaming.errors import ClientStateError, UnknownTopicError
+from alpha_streaming._errors import ClientStateError, UnknownTopicError
 from tests.conftest import NewTopicFactory
 
 

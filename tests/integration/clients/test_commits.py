@@ -9,7 +9,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from alpha_streaming import RedpandaConsumer, RedpandaProducer, RedpandaSettings
-from alpha_streaming.clients import ConsumedRecord, OutgoingRecord
+from alpha_streaming._clients import ConsumedRecord, OutgoingRecord
 from tests.conftest import NewTopicFactory
 
 PER_PARTITION = 100

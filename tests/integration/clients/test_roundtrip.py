@@ -10,9 +10,9 @@ from decimal import Decimal
 from faststream.kafka import KafkaBroker
 
 from alpha_streaming import EventEnvelope, RedpandaConsumer, RedpandaProducer, RedpandaSettings
-from alpha_streaming.broker import make_broker
-from alpha_streaming.clients import ConsumedRecord
-from alpha_streaming.envelope import EnvelopeHeaders
+from alpha_streaming._broker import make_broker
+from alpha_streaming._clients import ConsumedRecord
+from alpha_streaming._envelope import EnvelopeHeaders
 from tests.conftest import NewTopicFactory
 
 

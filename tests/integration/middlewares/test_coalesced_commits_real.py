@@ -1,7 +1,9 @@
 """Coalesced commits against the real Kafka and Redis: flushed on partition revoke and after a DLQ write.
 
 Both tests hold commits in a window that would not flush on its own during the test (1,000
-outcomes, an hour), so any commit observed is the one the behaviour under test made.
+outcomes, an hour), so any commit observed is the one the behaviour under test made. Each member
+is wired as a user would: `tier.broker()` and `tier.install(FastStream(broker))`, which gives its
+subscribers the revoke listener at startup and drains, stops and closes on `app.stop()`.
 """
 
 from __future__ import annotations
@@ -11,16 +13,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
-from faststream import AckPolicy
-from faststream.kafka import KafkaBroker
+from faststream import FastStream
 
-from alpha_streaming.broker import make_broker
-from alpha_streaming.errors import PermanentError
-from alpha_streaming.settings import RedpandaSettings
-from middlewares.envelope import CurrentEnvelope
-from middlewares.retry import RetryPolicy
-from middlewares.stack import close_stack, drain_stack, enhanced_stack, revoke_listener
-from tests.integration.middlewares._delivery import (
+from alpha_streaming._errors import PermanentError
+from alpha_streaming._settings import ConsumerSettings, RedpandaSettings
+from middlewares._envelope import CurrentEnvelope
+from middlewares._retry import RetryPolicy
+from middlewares._tier import EnhancedTier
+from tests.support import (
     Spy,
     committed_offsets,
     event,
@@ -33,22 +33,17 @@ from tests.integration.middlewares._delivery import (
 
 NewTopic = Callable[..., Awaitable[str]]
 SUBSCRIBE: dict[str, Any] = {"auto_offset_reset": "earliest"}
-HELD = {"commit_every": 1_000, "commit_interval_s": 3_600.0}
+HELD = ConsumerSettings(commit_every=1_000, commit_interval_s=3_600.0)
 
 
-def coalescing_broker(bootstrap: str, redis: aioredis.Redis, namespace: str, spy: Spy) -> KafkaBroker:
-    stack = enhanced_stack(
-        service="coalesce-it",
+def coalescing_tier(redis: aioredis.Redis, namespace: str) -> EnhancedTier:
+    return EnhancedTier(
+        "coalesce-it",
         redis=redis,
         dedup_namespace=namespace,
         metrics=False,
         policy=RetryPolicy(redelivery_delay_s=0.2),
-        **HELD,
-    )
-    return make_broker(
-        RedpandaSettings(bootstrap_servers=bootstrap),
-        middlewares=(spy, *stack),
-        ack_policy=AckPolicy.MANUAL,
+        consumer=HELD,
     )
 
 
@@ -69,24 +64,24 @@ async def test_revoked_partitions_are_committed_at_the_rebalance_and_nothing_run
     topic = await new_topic(partitions=2, prefix="paper.coalesce")
     group, namespace = unique("g"), unique("ns")
     handled: list[tuple[str, str]] = []
-    brokers: dict[str, KafkaBroker] = {}
+    apps: dict[str, FastStream] = {}
     subscribers: dict[str, Any] = {}
     spy = Spy()
     for name in ("a", "b"):
-        broker = brokers[name] = coalescing_broker(kafka_bootstrap, redis_client, namespace, spy)
-        subscriber = subscribers[name] = broker.subscriber(
-            topic, group_id=group, listener=revoke_listener(broker), **SUBSCRIBE
-        )
+        tier = coalescing_tier(redis_client, namespace)
+        broker = tier.broker(RedpandaSettings(bootstrap_servers=kafka_bootstrap), outer=(spy,))
+        subscriber = subscribers[name] = broker.subscriber(topic, group_id=group, **SUBSCRIBE)
         subscriber(recording(handled, name))
+        apps[name] = tier.install(FastStream(broker))
 
     first = [event(n) for n in range(10)]
     await send(kafka_bootstrap, topic, *((e, n % 2) for n, e in enumerate(first)))
     try:
-        await brokers["a"].start()
+        await apps["a"].start()
         await eventually(lambda: spy.finished == len(first), "consumer A to finish the first events")
         assert await committed_offsets(kafka_admin, group) == {}, "the window holds A's commits"
 
-        await brokers["b"].start()  # joins the group: A's partitions are revoked, then shared
+        await apps["b"].start()  # joins the group: A's partitions are revoked, then shared
         await eventually(
             lambda: len(subscribers["b"].consumer.assignment()) == 1, "the rebalance to give B a partition"
         )
@@ -96,10 +91,8 @@ async def test_revoked_partitions_are_committed_at_the_rebalance_and_nothing_run
         await send(kafka_bootstrap, topic, *((e, n % 2) for n, e in enumerate(later)))
         await eventually(lambda: spy.finished == len(first) + len(later), "A and B to finish the rest")
     finally:
-        for broker in brokers.values():
-            await drain_stack(broker.middlewares)
-            await broker.stop()
-            await close_stack(broker.middlewares)
+        for app in apps.values():
+            await app.stop()  # drain, stop the broker, close
 
     ids = [event_id for _, event_id in handled]
     assert sorted(ids) == sorted(e.id for e in first + later), "every event ran exactly once"
@@ -115,7 +108,8 @@ async def test_a_dead_lettered_outcome_is_committed_at_once_with_what_was_pendin
     unique: Callable[[str], str],
 ) -> None:
     topic, group = await new_topic(prefix="paper.coalesce.dlq"), unique("g")
-    broker = coalescing_broker(kafka_bootstrap, redis_client, unique("ns"), Spy())
+    tier = coalescing_tier(redis_client, unique("ns"))
+    broker = tier.broker(RedpandaSettings(bootstrap_servers=kafka_bootstrap))
     bad = event(3)
     handled: list[str] = []
 
@@ -126,14 +120,14 @@ async def test_a_dead_lettered_outcome_is_committed_at_once_with_what_was_pendin
         handled.append(envelope.id)
 
     await send(kafka_bootstrap, topic, (event(1), 0), (event(2), 0), (bad, 0))
+    app = tier.install(FastStream(broker))
     try:
-        await broker.start()
+        await app.start()
         # Neither the count (1,000) nor the interval (an hour) can flush during the test.
         assert await lag_drains(kafka_admin, kafka_bootstrap, group, topic) == 0
         assert await committed_offsets(kafka_admin, group) == {0: 3}
         assert len(handled) == 2
     finally:
-        await broker.stop()
-        await close_stack(broker.middlewares)
+        await app.stop()
     [record] = await read_topic(kafka_bootstrap, f"{topic}.dlq", 1)
     assert record.value == bad.to_bytes()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -11,38 +10,38 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from alpha_streaming.broker import make_broker
-from alpha_streaming.settings import RedpandaSettings
+from alpha_streaming._settings import DedupSettings, RedpandaSettings
+from middlewares._envelope import CurrentEnvelope
+from middlewares._retry import RetryPolicy
 from middlewares._state import Outcome
-from middlewares.dedup import DeduplicationMiddleware
-from middlewares.envelope import CurrentEnvelope, EnvelopeMiddleware
-from middlewares.error_routing import ErrorRoutingMiddleware
-from middlewares.retry import RetryPolicy
-from middlewares.stack import close_stack
-from tests.integration.middlewares._delivery import Spy, event, eventually, lag_drains, send
+from middlewares._tier import EnhancedTier
+from tests.support import Spy, event, eventually, free_port, lag_drains, send, shut_down
 
 NewTopic = Callable[..., Awaitable[str]]
-SUBSCRIBE: dict[str, Any] = {"ack_policy": AckPolicy.MANUAL, "auto_offset_reset": "earliest"}
+SUBSCRIBE: dict[str, Any] = {"auto_offset_reset": "earliest"}  # the tier's broker acks MANUAL
 
 
-def service(bootstrap: str, spy: Spy, dedup: DeduplicationMiddleware) -> KafkaBroker:
-    """The enhanced stack in its documented order, with the spy where metrics would be."""
-    routing = ErrorRoutingMiddleware(policy=RetryPolicy(redelivery_delay_s=0.2), service="dedup-it")
-    return make_broker(
-        RedpandaSettings(bootstrap_servers=bootstrap),
-        middlewares=(spy, routing, EnvelopeMiddleware(source="dedup-it"), dedup),
+def service(
+    bootstrap: str, spy: Spy, redis: aioredis.Redis, namespace: str, dedup: DedupSettings | None = None
+) -> tuple[EnhancedTier, KafkaBroker]:
+    """The enhanced tier (metrics off), with the spy outside it where it sees every outcome."""
+    tier = EnhancedTier(
+        "dedup-it",
+        redis=redis,
+        dedup=dedup,
+        dedup_namespace=namespace,
+        metrics=False,
+        policy=RetryPolicy(redelivery_delay_s=0.2),
     )
+    return tier, tier.broker(RedpandaSettings(bootstrap_servers=bootstrap), outer=(spy,))
 
 
-async def stop(*brokers: KafkaBroker) -> None:
-    await asyncio.gather(*(broker.stop() for broker in brokers))
-    for broker in brokers:
-        await close_stack(broker.middlewares)
+async def stop(*services: tuple[EnhancedTier, KafkaBroker]) -> None:
+    await asyncio.gather(*(shut_down(tier, broker) for tier, broker in services))
 
 
 async def test_the_same_event_published_twice_runs_once(
@@ -54,7 +53,7 @@ async def test_the_same_event_published_twice_runs_once(
 ) -> None:
     topic, group = await new_topic(prefix="paper.dedup"), unique("g")
     spy = Spy()
-    broker = service(kafka_bootstrap, spy, DeduplicationMiddleware(redis_client, namespace=unique("ns")))
+    tier, broker = service(kafka_bootstrap, spy, redis_client, unique("ns"))
     handled: list[str] = []
 
     @broker.subscriber(topic, group_id=group, **SUBSCRIBE)
@@ -68,7 +67,7 @@ async def test_the_same_event_published_twice_runs_once(
         await eventually(lambda: len(spy.states) == 3, "three deliveries")
         lag = await lag_drains(kafka_admin, kafka_bootstrap, group, topic)
     finally:
-        await stop(broker)
+        await stop((tier, broker))
     assert handled == [twice.id, other.id]
     assert [s.outcome for s in spy.states] == [Outcome.PROCESSED, Outcome.DEDUPLICATED, Outcome.PROCESSED]
     assert lag == 0  # the duplicate was committed too
@@ -94,10 +93,8 @@ async def test_a_duplicate_arriving_while_the_original_is_in_flight_runs_once(
         duplicate_arrived.set() if spy.started.count(target.id) == 2 and event_id == target.id else None
     )
     handled: list[str] = []
-    brokers = [
-        service(
-            kafka_bootstrap, spy, DeduplicationMiddleware(redis_client, namespace=namespace, lease_ttl_s=20)
-        )
+    services = [
+        service(kafka_bootstrap, spy, redis_client, namespace, DedupSettings(lease_ttl_s=20))
         for _ in range(2)
     ]
 
@@ -107,12 +104,12 @@ async def test_a_duplicate_arriving_while_the_original_is_in_flight_runs_once(
         await asyncio.wait_for(duplicate_arrived.wait(), timeout=20)
 
     subscribers = []
-    for broker in brokers:
+    for _, broker in services:
         subscriber = broker.subscriber(topic, group_id=group, **SUBSCRIBE)
         subscriber(handle)
         subscribers.append(subscriber)
 
-    await asyncio.gather(*(b.start() for b in brokers))
+    await asyncio.gather(*(broker.start() for _, broker in services))
     try:
         await eventually(
             lambda: all(s.consumer is not None and len(s.consumer.assignment()) == 1 for s in subscribers),
@@ -122,17 +119,10 @@ async def test_a_duplicate_arriving_while_the_original_is_in_flight_runs_once(
         await eventually(lambda: len(spy.states) == 2, "both deliveries to finish")
         lag = await lag_drains(kafka_admin, kafka_bootstrap, group, topic)
     finally:
-        await stop(*brokers)
+        await stop(*services)
     assert handled == [target.id]
     assert sorted(s.outcome for s in spy.states) == sorted([Outcome.PROCESSED, Outcome.DEDUPLICATED])
     assert lag == 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PrivateRedis:
@@ -222,8 +212,10 @@ async def test_redis_stopped_mid_stream_pauses_and_resumes_losing_and_doubling_n
     """
     topic, group = await new_topic(prefix="paper.outage"), unique("g")
     spy = Spy()
-    dedup = DeduplicationMiddleware(private_client, namespace=unique("ns"), outage_pause_s=1.0)
-    broker = service(kafka_bootstrap, spy, dedup)
+    tier, broker = service(
+        kafka_bootstrap, spy, private_client, unique("ns"), DedupSettings(outage_pause_s=1.0)
+    )
+    assert tier.dedup is not None
     handled: list[str] = []
 
     @broker.subscriber(topic, group_id=group, **SUBSCRIBE)
@@ -255,8 +247,8 @@ async def test_redis_stopped_mid_stream_pauses_and_resumes_losing_and_doubling_n
         )
         lag = await lag_drains(kafka_admin, kafka_bootstrap, group, topic)
     finally:
-        await stop(broker)
+        await stop((tier, broker))
     assert handled == [e.id for e in before + during]  # nothing lost, nothing run twice, in order
     assert lag == 0
     for e in during:
-        assert await private_client.get(f"alpha:dedup:{dedup.namespace}:{group}:{e.id}") == b"done"
+        assert await private_client.get(f"alpha:dedup:{tier.dedup.namespace}:{group}:{e.id}") == b"done"

@@ -9,16 +9,14 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
 
-from alpha_streaming.broker import make_broker
-from alpha_streaming.envelope import EnvelopeHeaders, EventEnvelope
-from alpha_streaming.settings import RedpandaSettings
-from middlewares.envelope import CurrentEnvelope
-from middlewares.stack import close_stack, enhanced_stack
-from tests.integration.middlewares._delivery import eventually, read_topic
+from alpha_streaming._envelope import EnvelopeHeaders, EventEnvelope
+from alpha_streaming._settings import RedpandaSettings
+from middlewares._envelope import CurrentEnvelope
+from middlewares._tier import EnhancedTier
+from tests.support import eventually, read_topic, shut_down
 
 NewTopic = Callable[..., Awaitable[str]]
 
@@ -29,32 +27,29 @@ class OrderFilled(BaseModel):
     price: Decimal
 
 
-def service(bootstrap: str, source: str) -> KafkaBroker:
-    """One service with the real enhanced stack (metrics aside: they have their own tests)."""
-    return make_broker(
-        RedpandaSettings(bootstrap_servers=bootstrap),
-        middlewares=enhanced_stack(service=source, metrics=False),
-    )
+def service(bootstrap: str, source: str) -> tuple[EnhancedTier, KafkaBroker]:
+    """One service with the real enhanced tier (metrics aside: they have their own tests)."""
+    tier = EnhancedTier(source, metrics=False)
+    return tier, tier.broker(RedpandaSettings(bootstrap_servers=bootstrap))
 
 
-async def stop(*brokers: KafkaBroker) -> None:
-    await asyncio.gather(*(broker.stop() for broker in brokers))
-    for broker in brokers:
-        await close_stack(broker.middlewares)
+async def stop(*services: tuple[EnhancedTier, KafkaBroker]) -> None:
+    await asyncio.gather(*(shut_down(tier, broker) for tier, broker in services))
 
 
 async def test_envelope_bytes_on_the_wire_read_by_independent_clients(
     kafka_bootstrap: str, new_topic: NewTopic
 ) -> None:
     topic = await new_topic(prefix="paper.orders")
-    producer = service(kafka_bootstrap, "engine")
+    engine = service(kafka_bootstrap, "engine")
+    _, producer = engine
     await producer.connect()
     try:
         await producer.publish(
             OrderFilled(order_id="o-1", qty=5, price=Decimal("2450.05")), topic, key=b"s1:256265"
         )
     finally:
-        await stop(producer)
+        await stop(engine)
 
     (record,) = await read_topic(kafka_bootstrap, topic, 1)
     body = json.loads(record.value)  # the standard library, not our serialiser
@@ -96,8 +91,9 @@ async def test_correlation_and_causation_across_three_hops(
     kafka_bootstrap: str, new_topic: NewTopic, unique: Callable[[str], str]
 ) -> None:
     t1, t2, t3 = [await new_topic(prefix=f"paper.hop{n}") for n in (1, 2, 3)]
-    a, b, c, d = (service(kafka_bootstrap, name) for name in ("svc-a", "svc-b", "svc-c", "svc-d"))
-    options: dict[str, Any] = {"ack_policy": AckPolicy.MANUAL, "auto_offset_reset": "earliest"}
+    services = [service(kafka_bootstrap, name) for name in ("svc-a", "svc-b", "svc-c", "svc-d")]
+    a, b, c, d = (broker for _, broker in services)
+    options: dict[str, Any] = {"auto_offset_reset": "earliest"}  # the tier's brokers ack MANUAL
 
     @b.subscriber(t1, group_id=unique("b"), **options)
     @b.publisher(t2)
@@ -119,7 +115,7 @@ async def test_correlation_and_causation_across_three_hops(
         await a.publish({"hop": "a"}, t1, key=b"chain")
         await eventually(lambda: bool(arrived), "the event to reach service D")
     finally:
-        await stop(a, b, c, d)
+        await stop(*services)
 
     (r1,), (r2,), (r3,) = [await read_topic(kafka_bootstrap, t, 1) for t in (t1, t2, t3)]
     e1, e2, e3 = (EventEnvelope.from_bytes(r.value) for r in (r1, r2, r3))

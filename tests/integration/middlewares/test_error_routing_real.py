@@ -1,39 +1,35 @@
 """Error routing against the real Kafka: retries, DLQ bytes and headers, commits, redelivery.
 
+The tier without Redis and metrics (error routing, envelope, outputs; a commit per message).
 Every fact is read back from the broker with independent clients: DLQ records with a plain
 aiokafka consumer, committed offsets with the admin client (group lag = end - committed).
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from faststream import AckPolicy
+from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
 
-from alpha_streaming.broker import make_broker
-from alpha_streaming.dlq import DeadLetter, strip_dlq_headers
-from alpha_streaming.envelope import EventEnvelope
-from alpha_streaming.errors import PermanentError, TransientError
-from alpha_streaming.settings import RedpandaSettings
-from alpha_streaming.topics import dlq_topic
-from middlewares.envelope import EnvelopeMiddleware
-from middlewares.error_routing import ErrorRoutingMiddleware
-from middlewares.retry import Budget, RetryPolicy
-from middlewares.stack import close_stack
+from alpha_streaming._dlq import DeadLetter, strip_dlq_headers
+from alpha_streaming._envelope import EventEnvelope
+from alpha_streaming._errors import PermanentError, TransientError
+from alpha_streaming._settings import RedpandaSettings
+from alpha_streaming._topics import dlq_topic
+from middlewares._retry import Budget, RetryPolicy
+from middlewares._tier import EnhancedTier
 from tests.conftest import NewTopicFactory
-from tests.integration.middlewares._delivery import eventually, read_topic
+from tests.support import eventually, group_lag, read_topic
 
 SERVICE = "error-routing-it"
-DEADLINE_S = 30.0
 # Tiny waits: the behaviour under test is the routing, not the clock.
 TINY = Budget(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05)
 POLICY = RetryPolicy(default=TINY, redelivery_delay_s=0.2).with_rule(TransientError, TINY)
@@ -56,48 +52,24 @@ async def raw_producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
 
 
 @pytest.fixture
-def make_enhanced(kafka_bootstrap: str) -> Callable[[], KafkaBroker]:
-    def build() -> KafkaBroker:
-        routing = ErrorRoutingMiddleware(policy=POLICY, service=SERVICE)
-        return make_broker(
-            RedpandaSettings(bootstrap_servers=kafka_bootstrap),
-            middlewares=(routing, EnvelopeMiddleware(source=SERVICE)),
-            ack_policy=AckPolicy.MANUAL,
-        )
+def make_enhanced(kafka_bootstrap: str) -> Callable[[], tuple[FastStream, KafkaBroker]]:
+    """An app as a user wires it: `tier.broker()` and `tier.install(FastStream(broker))`."""
+
+    def build() -> tuple[FastStream, KafkaBroker]:
+        tier = EnhancedTier(SERVICE, policy=POLICY, metrics=False)
+        broker = tier.broker(RedpandaSettings(bootstrap_servers=kafka_bootstrap))
+        return tier.install(FastStream(broker)), broker
 
     return build
 
 
-async def _lag(admin: AIOKafkaAdminClient, bootstrap: str, group: str, topic: str) -> int:
-    """End offsets minus the group's committed offsets over every partition of `topic`."""
-    [described] = await admin.describe_topics([topic])
-    partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
-    assert partitions, f"{topic} has no partitions in the metadata"
-    committed = await admin.list_consumer_group_offsets(group)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets(partitions)
-    finally:
-        await consumer.stop()
-    return sum(end - max(committed[tp].offset, 0) if tp in committed else end for tp, end in ends.items())
-
-
 async def _lag_drains(admin: AIOKafkaAdminClient, bootstrap: str, group: str, topic: str) -> None:
     """Wait until the group has committed everything on `topic` (commits follow processing)."""
-    last = -1
 
     async def drained() -> bool:
-        nonlocal last
-        last = await _lag(admin, bootstrap, group, topic)
-        return last == 0
+        return await group_lag(admin, bootstrap, group, topic) == 0
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while not await drained():
-        if loop.time() > deadline:
-            raise AssertionError(f"group {group} still lags {last} on {topic} after {DEADLINE_S:.0f} s")
-        await asyncio.sleep(0.1)
+    await eventually(drained, f"group {group} to commit everything on {topic}", every_s=0.1)
 
 
 async def _dlq_absent(admin: AIOKafkaAdminClient, topic: str) -> bool:
@@ -106,14 +78,14 @@ async def _dlq_absent(admin: AIOKafkaAdminClient, topic: str) -> bool:
 
 
 async def test_transient_error_succeeding_on_attempt_3_is_handled_once_without_dlq(
-    make_enhanced: Callable[[], KafkaBroker],
+    make_enhanced: Callable[[], tuple[FastStream, KafkaBroker]],
     new_topic: NewTopicFactory,
     kafka_admin: AIOKafkaAdminClient,
     kafka_bootstrap: str,
 ) -> None:
     topic = await new_topic(prefix="paper.er.transient")
     group = f"er-{uuid.uuid4().hex[:8]}"
-    broker = make_enhanced()
+    app, broker = make_enhanced()
     attempts: list[int] = []
     done: list[Fill] = []
 
@@ -124,19 +96,20 @@ async def test_transient_error_succeeding_on_attempt_3_is_handled_once_without_d
             raise TransientError("upstream flaky")
         done.append(fill)
 
-    async with broker:
-        await broker.start()
+    await app.start()
+    try:
         await broker.publish(Fill(qty=7), topic, key=b"k1")
         await eventually(lambda: len(done) == 1, "the third attempt to succeed")
         await _lag_drains(kafka_admin, kafka_bootstrap, group, topic)
-        await close_stack(broker.middlewares)
+    finally:
+        await app.stop()  # drain, stop the broker, close the tier
     assert attempts == [7, 7, 7]
     assert done == [Fill(qty=7)]
     assert await _dlq_absent(kafka_admin, topic), "no DLQ topic, hence no DLQ record"
 
 
 async def test_permanent_error_is_dead_lettered_with_original_bytes_and_committed(
-    make_enhanced: Callable[[], KafkaBroker],
+    make_enhanced: Callable[[], tuple[FastStream, KafkaBroker]],
     new_topic: NewTopicFactory,
     kafka_admin: AIOKafkaAdminClient,
     kafka_bootstrap: str,
@@ -144,7 +117,7 @@ async def test_permanent_error_is_dead_lettered_with_original_bytes_and_committe
 ) -> None:
     topic = await new_topic(partitions=3, prefix="paper.er.permanent")
     group = f"er-{uuid.uuid4().hex[:8]}"
-    broker = make_enhanced()
+    app, broker = make_enhanced()
     calls: list[int] = []
 
     @broker.subscriber(topic, group_id=group, auto_offset_reset="earliest")
@@ -158,10 +131,11 @@ async def test_permanent_error_is_dead_lettered_with_original_bytes_and_committe
         topic, original.to_bytes(), key=b"strategy:42", partition=2, headers=headers
     )
 
-    async with broker:
-        await broker.start()
+    await app.start()
+    try:
         await _lag_drains(kafka_admin, kafka_bootstrap, group, topic)
-        await close_stack(broker.middlewares)
+    finally:
+        await app.stop()  # drain, stop the broker, close the tier
 
     assert calls == [5], "a permanent error is not retried"
     [record] = await read_topic(kafka_bootstrap, dlq_topic(topic), 1)
@@ -176,7 +150,7 @@ async def test_permanent_error_is_dead_lettered_with_original_bytes_and_committe
         sent.offset,
     )
     assert letter.consumer_group == group
-    assert letter.exception_fqcn == "alpha_streaming.errors.PermanentError"
+    assert letter.exception_fqcn == "alpha_streaming._errors.PermanentError"
     assert letter.exception_message == "instrument unknown"
     assert "PermanentError" in letter.stacktrace
     assert (letter.attempts, letter.service) == (1, SERVICE)
@@ -189,7 +163,7 @@ async def _set_max_message_bytes(admin: AIOKafkaAdminClient, topic: str, value: 
 
 
 async def test_dlq_write_failure_leaves_the_offset_uncommitted_and_the_message_comes_back(
-    make_enhanced: Callable[[], KafkaBroker],
+    make_enhanced: Callable[[], tuple[FastStream, KafkaBroker]],
     new_topic: NewTopicFactory,
     kafka_admin: AIOKafkaAdminClient,
     kafka_bootstrap: str,
@@ -199,7 +173,7 @@ async def test_dlq_write_failure_leaves_the_offset_uncommitted_and_the_message_c
     # The DLQ exists already and refuses records this large: a real broker-side refusal.
     await new_topic(name=dlq_topic(topic), config={"max.message.bytes": "2000"})
     group = f"er-{uuid.uuid4().hex[:8]}"
-    broker = make_enhanced()
+    app, broker = make_enhanced()
     seen: list[int] = []
 
     @broker.subscriber(topic, group_id=group, auto_offset_reset="earliest")
@@ -212,13 +186,13 @@ async def test_dlq_write_failure_leaves_the_offset_uncommitted_and_the_message_c
     await raw_producer.send_and_wait(topic, small.to_bytes(), key=b"k")
     await raw_producer.send_and_wait(topic, big.to_bytes(), key=b"k")
 
-    async with broker:
-        await broker.start()
+    await app.start()
+    try:
         # The small one fits the DLQ and is committed; the big one is refused by the broker:
         # not committed, seek back, processed again (and again).
         await eventually(lambda: seen.count(9) >= 3, "the big message to be redelivered after DLQ failures")
         assert seen.count(1) == 1
-        assert await _lag(kafka_admin, kafka_bootstrap, group, topic) == 1
+        assert await group_lag(kafka_admin, kafka_bootstrap, group, topic) == 1
         committed = await kafka_admin.list_consumer_group_offsets(group)
         assert [meta.offset for meta in committed.values()] == [1], "committed up to the big one, not past"
         # The DLQ accepts it now: the next redelivery is dead-lettered and committed. (The
@@ -226,14 +200,15 @@ async def test_dlq_write_failure_leaves_the_offset_uncommitted_and_the_message_c
         # this passes only because the DLQ writer replaces its producer after a failure.)
         await _set_max_message_bytes(kafka_admin, dlq_topic(topic), 1_000_000)
         await _lag_drains(kafka_admin, kafka_bootstrap, group, topic)
-        await close_stack(broker.middlewares)
+    finally:
+        await app.stop()  # drain, stop the broker, close the tier
     records = await read_topic(kafka_bootstrap, dlq_topic(topic), 2)
     assert [r.value for r in records] == [small.to_bytes(), big.to_bytes()]
     assert DeadLetter.from_headers(list(records[1].headers)).exception_message == "cannot book"
 
 
 async def test_malformed_inputs_are_dead_lettered_and_the_consumer_keeps_going(
-    make_enhanced: Callable[[], KafkaBroker],
+    make_enhanced: Callable[[], tuple[FastStream, KafkaBroker]],
     new_topic: NewTopicFactory,
     kafka_admin: AIOKafkaAdminClient,
     kafka_bootstrap: str,
@@ -242,7 +217,7 @@ async def test_malformed_inputs_are_dead_lettered_and_the_consumer_keeps_going(
     limit = 300_000
     topic = await new_topic(prefix="paper.er.malformed", config={"max.message.bytes": str(limit)})
     group = f"er-{uuid.uuid4().hex[:8]}"
-    broker = make_enhanced()
+    app, broker = make_enhanced()
     handled: list[Fill] = []
 
     @broker.subscriber(topic, group_id=group, auto_offset_reset="earliest")
@@ -261,11 +236,12 @@ async def test_malformed_inputs_are_dead_lettered_and_the_consumer_keeps_going(
     good = _envelope({"qty": 11})
     await raw_producer.send_and_wait(topic, good.to_bytes(), key=b"k")
 
-    async with broker:
-        await broker.start()
+    await app.start()
+    try:
         await eventually(lambda: len(handled) == 1, "the good message after the bad ones")
         await _lag_drains(kafka_admin, kafka_bootstrap, group, topic)
-        await close_stack(broker.middlewares)
+    finally:
+        await app.stop()  # drain, stop the broker, close the tier
     assert handled == [Fill(qty=11)]
     records = await read_topic(kafka_bootstrap, dlq_topic(topic), len(bad))
     assert [r.value for r in records] == list(bad.values()), "original bytes, in order, none lost"

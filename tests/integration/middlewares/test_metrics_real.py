@@ -16,22 +16,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
-from alpha_streaming.broker import make_broker
-from alpha_streaming.serialization import dumps
-from alpha_streaming.settings import RedpandaSettings
-from middlewares.metrics import MetricsMiddleware
+from alpha_streaming._broker import make_broker
+from alpha_streaming._serialization import dumps
+from alpha_streaming._settings import RedpandaSettings
+from middlewares._metrics import MetricsMiddleware
+from tests.support import eventually
 
 SERVICE = "metrics-it"
-DEADLINE_S = 30.0
-
-
-async def eventually(check: Callable[[], bool], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def scrape(port: int | None) -> dict[str, list[tuple[dict[str, str], float]]]:

@@ -1,6 +1,6 @@
 """Consume -> produce on the real Kafka and Redis: outputs acknowledged -> done -> commit.
 
-The enhanced stack as `enhanced_stack` builds it (metrics off, error routing, envelope, dedup,
+The enhanced tier as `EnhancedTier` builds it (metrics off, error routing, envelope, dedup,
 outputs), a handler returning one child through `@broker.publisher(...)`.
 """
 
@@ -10,47 +10,39 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from faststream import AckPolicy, BaseMiddleware
+from faststream import BaseMiddleware
 from faststream.exceptions import AckMessage
 from faststream.kafka import KafkaBroker
 
-from alpha_streaming.broker import make_broker
-from alpha_streaming.envelope import EventEnvelope
-from alpha_streaming.ids import child_id
-from alpha_streaming.settings import RedpandaSettings
+from alpha_streaming._envelope import EventEnvelope
+from alpha_streaming._ids import child_id
+from alpha_streaming._settings import RedpandaSettings
+from middlewares._dedup import KEY_PREFIX
+from middlewares._envelope import CurrentEnvelope
+from middlewares._retry import Budget, RetryPolicy
 from middlewares._state import Outcome
-from middlewares.dedup import KEY_PREFIX
-from middlewares.envelope import CurrentEnvelope
-from middlewares.retry import Budget, RetryPolicy
-from middlewares.stack import close_stack, drain_stack, enhanced_stack
-from tests.integration.middlewares._delivery import Spy, event, eventually, lag_drains, read_topic, send
+from middlewares._tier import EnhancedTier
+from tests.support import Spy, end_offset, event, eventually, lag_drains, read_topic, send, shut_down
 
 NewTopic = Callable[..., Awaitable[str]]
-SUBSCRIBE: dict[str, Any] = {"ack_policy": AckPolicy.MANUAL, "auto_offset_reset": "earliest"}
+SUBSCRIBE: dict[str, Any] = {"auto_offset_reset": "earliest"}  # the tier's broker acks MANUAL
 # Quick retries, and enough of them to outlast a topic that is created a few seconds late.
 FAST = Budget(max_attempts=30, base_delay_s=0.05, max_delay_s=0.2)
 
 
 def enhanced(
     bootstrap: str, redis: aioredis.Redis, namespace: str, *before: Any, request_timeout_ms: int = 30_000
-) -> KafkaBroker:
-    stack = enhanced_stack(
-        service="outputs-it",
+) -> tuple[EnhancedTier, KafkaBroker]:
+    tier = EnhancedTier(
+        "outputs-it",
         redis=redis,
         dedup_namespace=namespace,
         metrics=False,
         policy=RetryPolicy(default=FAST, rules={}, redelivery_delay_s=0.2),
     )
     config = RedpandaSettings(bootstrap_servers=bootstrap, request_timeout_ms=request_timeout_ms)
-    return make_broker(config, middlewares=(*before, *stack))
-
-
-async def stop(broker: KafkaBroker) -> None:
-    await drain_stack(broker.middlewares)
-    await broker.stop()
-    await close_stack(broker.middlewares)
+    return tier, tier.broker(config, outer=before)
 
 
 class _DoneMarkerAtAck:
@@ -84,7 +76,7 @@ async def test_done_marker_is_written_only_after_the_output_is_acknowledged(
     source, out = await new_topic(prefix="paper.fills"), await new_topic(prefix="paper.positions")
     group, namespace = unique("g"), unique("ns")
     probe = _DoneMarkerAtAck(redis_client, lambda event_id: f"{KEY_PREFIX}:{namespace}:{group}:{event_id}")
-    broker = enhanced(kafka_bootstrap, redis_client, namespace, probe)
+    tier, broker = enhanced(kafka_bootstrap, redis_client, namespace, probe)
 
     @broker.subscriber(source, group_id=group, **SUBSCRIBE)
     @broker.publisher(out)
@@ -99,7 +91,7 @@ async def test_done_marker_is_written_only_after_the_output_is_acknowledged(
         lag = await lag_drains(kafka_admin, kafka_bootstrap, group, source)
         done = await redis_client.get(f"{KEY_PREFIX}:{namespace}:{group}:{fill.id}")
     finally:
-        await stop(broker)
+        await shut_down(tier, broker)
     assert len(probe.seen) == 1
     assert probe.seen[0] not in (None, b"done"), "at the output's ack the event still holds its lease"
     assert done == b"done"
@@ -117,7 +109,7 @@ async def test_output_to_a_missing_topic_is_retried_until_it_exists_and_appears_
     source, out, group = await new_topic(prefix="paper.fills"), unique("paper.positions"), unique("g")
     spy = Spy()
     # The producer waits this long for the missing topic's metadata, then the publish fails.
-    broker = enhanced(kafka_bootstrap, redis_client, unique("ns"), spy, request_timeout_ms=1_500)
+    tier, broker = enhanced(kafka_bootstrap, redis_client, unique("ns"), spy, request_timeout_ms=1_500)
     runs: list[str] = []
 
     @broker.subscriber(source, group_id=group, **SUBSCRIBE)
@@ -137,9 +129,9 @@ async def test_output_to_a_missing_topic_is_retried_until_it_exists_and_appears_
         lag = await lag_drains(kafka_admin, kafka_bootstrap, group, source)
         records = await read_topic(kafka_bootstrap, out, 1)
         # Nothing else may follow: read the end offset, not just the first record.
-        consumer_end = await _end_offset(kafka_bootstrap, out)
+        consumer_end = await end_offset(kafka_bootstrap, out)
     finally:
-        await stop(broker)
+        await shut_down(tier, broker)
     assert [s.outcome for s in spy.states] == [Outcome.PROCESSED]
     assert spy.states[0].retries >= 1
     assert consumer_end == 1, "the output appears exactly once"
@@ -158,7 +150,7 @@ async def test_handler_ack_after_a_side_effect_delivered_twice_has_one_effect(
 ) -> None:
     source, group = await new_topic(prefix="paper.fills"), unique("g")
     spy = Spy()
-    broker = enhanced(kafka_bootstrap, redis_client, unique("ns"), spy)
+    tier, broker = enhanced(kafka_bootstrap, redis_client, unique("ns"), spy)
     effects: list[str] = []
 
     @broker.subscriber(source, group_id=group, **SUBSCRIBE)
@@ -173,17 +165,7 @@ async def test_handler_ack_after_a_side_effect_delivered_twice_has_one_effect(
         await eventually(lambda: len(spy.states) == 2, "both deliveries")
         lag = await lag_drains(kafka_admin, kafka_bootstrap, group, source)
     finally:
-        await stop(broker)
+        await shut_down(tier, broker)
     assert effects == [twice.id]
     assert [s.outcome for s in spy.states] == [Outcome.PROCESSED, Outcome.DEDUPLICATED]
     assert lag == 0
-
-
-async def _end_offset(bootstrap: str, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(topic, 0)])
-    finally:
-        await consumer.stop()
-    return int(ends[TopicPartition(topic, 0)])

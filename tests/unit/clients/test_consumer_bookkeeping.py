@@ -9,8 +9,8 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
 from alpha_streaming import RedpandaConsumer, RedpandaSettings
-from alpha_streaming.broker import make_broker
-from alpha_streaming.errors import ClientStateError, ConfigError
+from alpha_streaming._broker import make_broker
+from alpha_streaming._errors import ClientStateError, ConfigError
 
 TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
 

@@ -7,9 +7,10 @@ from decimal import Decimal
 import pytest
 from pydantic import BaseModel
 
-from alpha_streaming import EventEnvelope, serialization
-from alpha_streaming.clients.producer import encode_key, encode_record
-from alpha_streaming.envelope import EnvelopeHeaders
+from alpha_streaming import EventEnvelope
+from alpha_streaming import _serialization as serialization
+from alpha_streaming._clients.producer import encode_key, encode_record
+from alpha_streaming._envelope import EnvelopeHeaders
 
 
 class Fill(BaseModel):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from aiokafka import errors as ak
 
-from alpha_streaming.clients._errors import kafka_errors
-from alpha_streaming.errors import ClientStateError, KafkaClientError, UnknownTopicError
+from alpha_streaming._clients._errors import kafka_errors
+from alpha_streaming._errors import ClientStateError, KafkaClientError, UnknownTopicError
 
 
 @pytest.mark.parametrize(

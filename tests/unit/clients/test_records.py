@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiokafka import ConsumerRecord
 
-from alpha_streaming.clients import ConsumedRecord, RecordBatch
-from alpha_streaming.clients.records import decode_value
+from alpha_streaming._clients import ConsumedRecord, RecordBatch
+from alpha_streaming._clients.records import decode_value
 
 
 def raw(

@@ -12,7 +12,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from alpha_streaming import EventEnvelope
-from alpha_streaming.dlq import DeadLetter, DlqHeaders
+from alpha_streaming._dlq import DeadLetter, DlqHeaders
 from examples.trading_pipeline.models import EventType, OrderFilled, Side, Signal, Tick
 from examples.trading_pipeline.report import RUN_HEADER, GroupPosition, Metric, RunData, analyse, percentile
 from examples.trading_pipeline.wire import WireRecord
@@ -48,7 +48,7 @@ def poison_letter() -> WireRecord:
         original_offset=7,
         original_timestamp_ms=0,
         consumer_group="g",
-        exception_fqcn="alpha_streaming.errors.EnvelopeError",
+        exception_fqcn="alpha_streaming._errors.EnvelopeError",
         exception_message="invalid EventEnvelope",
         stacktrace="",
         attempts=1,

@@ -1,7 +1,7 @@
-"""Coalesced commits: partial flushes for revoked partitions, immediate flushes, the revoke listener.
+"""Coalesced commits: partial flushes for revoked partitions, immediate flushes, the tier's listener.
 
-The consumer is a mock recording its commits; the real rebalance is proven in
-tests/integration/middlewares/test_coalesced_commits_real.py.
+The consumer is a mock recording its commits (the in-memory broker has none); the real rebalance
+is proven in tests/integration/middlewares/test_coalesced_commits_real.py.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ from unittest.mock import AsyncMock, MagicMock, call
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError
-from faststream import AckPolicy
-from faststream.kafka import KafkaBroker
+from redis.asyncio import Redis
 
-from alpha_streaming.settings import AUTO_COMMIT_EVERY
+from alpha_streaming._settings import ConsumerSettings
 from middlewares._committer import CommitWindow
-from middlewares.error_routing import ErrorRoutingMiddleware
-from middlewares.stack import RevokeListener, close_stack, drain_stack, enhanced_stack, revoke_listener
+from middlewares._error_routing import ErrorRoutingMiddleware
+from middlewares._tier import AUTO_COMMIT_EVERY, EnhancedTier
 
 A0, A1 = TopicPartition("a", 0), TopicPartition("a", 1)
 
@@ -69,45 +68,55 @@ async def test_offsets_of_a_partition_that_moved_away_do_not_block_the_others() 
         await window.add([_record(0, 3)], flush=True)
 
 
-async def test_revoke_listener_commits_the_revoked_partitions_of_every_consumer() -> None:
-    routing = ErrorRoutingMiddleware(service="svc", commit_every=100)
-    first, second = _consumer(), _consumer()
-    await routing.commit(first, (_record(0, 1), _record(1, 5)))
-    await routing.commit(second, (_record(0, 8),))  # another group reading the same partition
-    listener = revoke_listener(KafkaBroker(middlewares=(routing,), ack_policy=AckPolicy.MANUAL))
-    assert isinstance(listener, RevokeListener)
+def _coalescing_tier() -> EnhancedTier:
+    # A client that is never connected: nothing here reaches Redis, it only turns dedup on.
+    return EnhancedTier("svc", redis=Redis(), metrics=False, consumer=ConsumerSettings(commit_every=100))
 
-    await listener.on_partitions_revoked({A0})
+
+async def test_the_tier_listener_commits_the_revoked_partitions_of_every_consumer() -> None:
+    tier = _coalescing_tier()
+    first, second = _consumer(), _consumer()
+    await tier.routing.commits.commit(first, (_record(0, 1), _record(1, 5)))
+    await tier.routing.commits.commit(second, (_record(0, 8),))  # another group reading the same partition
+
+    await tier.listener.on_partitions_revoked({A0})
     first.commit.assert_awaited_once_with({A0: 2})
     second.commit.assert_awaited_once_with({A0: 9})
-    await listener.on_partitions_assigned({A0})
-    await routing.close()
+    await tier.listener.on_partitions_assigned({A0})
+    await tier.close()
     assert first.commit.await_args_list[-1] == call({A1: 6}), "the rest waited for its own flush"
 
 
 async def test_a_failed_revoke_commit_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
-    routing = ErrorRoutingMiddleware(service="svc", commit_every=100)
+    tier = _coalescing_tier()
     consumer = _consumer()
     consumer.commit.side_effect = RuntimeError("coordinator gone")
-    await routing.commit(consumer, (_record(0, 1),))
-    listener = revoke_listener([*enhanced_stack(service="svc", metrics=False), routing])  # a plain stack
-    await listener.on_partitions_revoked({A0})
+    await tier.routing.commits.commit(consumer, (_record(0, 1),))
+    await tier.listener.on_partitions_revoked({A0})
     assert "commit on partition revoke failed (RuntimeError: coordinator gone)" in caplog.text
 
 
 def test_commit_every_auto_coalesces_only_with_dedup() -> None:
-    with_dedup = enhanced_stack(service="svc", redis=MagicMock(), metrics=False)
-    without = enhanced_stack(service="svc", metrics=False)
-    assert (with_dedup[0].commit_every, without[0].commit_every) == (AUTO_COMMIT_EVERY, 1)
+    with_dedup = EnhancedTier("svc", redis=Redis(), metrics=False)
+    without = EnhancedTier("svc", metrics=False)
+    assert (with_dedup.routing.commit_every, without.routing.commit_every) == (AUTO_COMMIT_EVERY, 1)
 
 
 async def test_drain_commits_the_pending_offsets_and_each_outcome_until_close() -> None:
-    routing = ErrorRoutingMiddleware(service="svc", commit_every=100)
+    tier = _coalescing_tier()
     consumer = _consumer()
-    await routing.commit(consumer, (_record(0, 1),))
-    await drain_stack([routing])
-    await routing.commit(consumer, (_record(0, 2),))  # finished while the broker stops
+    await tier.routing.commits.commit(consumer, (_record(0, 1),))
+    await tier.drain()
+    await tier.routing.commits.commit(consumer, (_record(0, 2),))  # finished while the broker stops
     assert consumer.commit.await_args_list == [call({A0: 2}), call({A0: 3})]
-    await close_stack([routing])
-    await routing.commit(consumer, (_record(0, 3),))  # started again: coalescing again
+    await tier.close()
+    await tier.routing.commits.commit(consumer, (_record(0, 3),))  # started again: coalescing again
     assert consumer.commit.await_count == 2
+
+
+async def test_routing_without_a_window_commits_each_outcome_at_once() -> None:
+    routing = ErrorRoutingMiddleware(service="svc")
+    consumer = _consumer()
+    await routing.commits.commit(consumer, (_record(0, 1),))
+    await routing.commits.commit(consumer, (_record(1, 4),))
+    assert consumer.commit.await_args_list == [call({A0: 2}), call({A1: 5})]

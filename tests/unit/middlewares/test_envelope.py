@@ -20,19 +20,20 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel, ValidationError
 
-from alpha_streaming import lineage, serialization
-from alpha_streaming.envelope import EnvelopeHeaders, EventEnvelope
-from alpha_streaming.errors import ConfigError, EnvelopeError
-from alpha_streaming.ids import child_id
-from alpha_streaming.topics import BrokerContext
-from middlewares._state import MessageState, state_of
-from middlewares.envelope import (
+from alpha_streaming import _lineage as lineage
+from alpha_streaming import _serialization as serialization
+from alpha_streaming._envelope import EnvelopeHeaders, EventEnvelope
+from alpha_streaming._errors import ConfigError, EnvelopeError
+from alpha_streaming._ids import child_id
+from alpha_streaming._topics import BrokerContext
+from middlewares._envelope import (
     ENVELOPE_KEY,
     CurrentBrokerContext,
     CurrentEnvelope,
     CurrentEnvelopes,
     EnvelopeMiddleware,
 )
+from tests.support import Spy
 
 SOURCE = "risk-manager"
 TOPIC = "paper.orders.filled"
@@ -67,32 +68,14 @@ class _Wire(BaseMiddleware):
         return await call_next(cmd)
 
 
-class _StateSpy(BaseMiddleware):
-    """Outermost: keeps the per-message state the inner middlewares recorded."""
-
-    states: list[MessageState]
-
-    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
-        try:
-            return await call_next(msg)
-        finally:
-            _StateSpy.states.append(state_of(msg))
-
-
 @pytest.fixture
 def wire() -> list[dict[str, Any]]:
     _Wire.sent = []
     return _Wire.sent
 
 
-@pytest.fixture
-def states() -> list[MessageState]:
-    _StateSpy.states = []
-    return _StateSpy.states
-
-
-def make_broker() -> KafkaBroker:
-    return KafkaBroker(middlewares=[_StateSpy, EnvelopeMiddleware(source=SOURCE), _Wire])
+def make_broker(spy: Spy | None = None) -> KafkaBroker:
+    return KafkaBroker(middlewares=[spy or Spy(), EnvelopeMiddleware(source=SOURCE), _Wire])
 
 
 def envelope_of(sent: dict[str, Any], index: int = 0) -> EventEnvelope:
@@ -239,9 +222,9 @@ async def test_publish_outside_any_span_has_no_trace_id(wire: list[dict[str, Any
 
 
 async def test_handler_gets_the_decoded_payload_envelope_and_broker_context(
-    states: list[MessageState],
+    spy: Spy,
 ) -> None:
-    broker = make_broker()
+    broker = make_broker(spy)
     got: list[tuple[OrderFilled, EventEnvelope, BrokerContext]] = []
 
     @broker.subscriber(TOPIC, group_id="risk.fills", ack_policy=AckPolicy.MANUAL)
@@ -257,7 +240,7 @@ async def test_handler_gets_the_decoded_payload_envelope_and_broker_context(
     assert order == OrderFilled(order_id="o-7", qty=3, price=Decimal("2450.05"))
     assert envelope == sent
     assert where == BrokerContext(broker="paper", topic=TOPIC, partition=0, offset=0, group_id="risk.fills")
-    (state,) = states
+    (state,) = spy.states
     assert state.envelope == sent
     assert state.broker_context == where
 
@@ -415,8 +398,8 @@ async def test_an_event_published_outside_any_handler_is_a_uuid7_root(wire: list
 # ---------------------------------------------------------------- batch
 
 
-async def test_batch_handler_gets_payloads_and_aligned_envelopes(states: list[MessageState]) -> None:
-    broker = make_broker()
+async def test_batch_handler_gets_payloads_and_aligned_envelopes(spy: Spy) -> None:
+    broker = make_broker(spy)
     got: list[tuple[list[OrderFilled], tuple[EventEnvelope, ...], BrokerContext]] = []
 
     @broker.subscriber(TOPIC, group_id="g", batch=True, ack_policy=AckPolicy.MANUAL)
@@ -435,7 +418,7 @@ async def test_batch_handler_gets_payloads_and_aligned_envelopes(states: list[Me
     assert [o.order_id for o in orders] == ["o-0", "o-1", "o-2"]
     assert envelopes == tuple(sent)
     assert where.topic == TOPIC and where.group_id == "g"
-    assert states[0].batch_envelopes == tuple(sent)
+    assert spy.states[0].batch_envelopes == tuple(sent)
 
 
 async def test_one_invalid_record_fails_the_batch_and_names_it() -> None:

@@ -1,15 +1,15 @@
-"""`ErrorRoutingMiddleware` under TestKafkaBroker: retries, DLQ hand-off, commits, seeks, guard.
+"""`ErrorRoutingMiddleware` under TestKafkaBroker: retries, DLQ hand-off, commits, seeks.
 
 The in-memory broker cannot commit or write a DLQ, so the subscriber's consumer is replaced by a
-mock (faststream-0.7.md §6) and the DLQ by `_Sink`; the real broker path is proven in
-tests/integration/middlewares/test_error_routing_real.py.
+mock (faststream-0.7.md §6) and the DLQ by `RecordingSink`; the real broker path is proven in
+tests/integration/middlewares/test_error_routing_real.py. The ack-policy check at startup is in
+test_tier.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock, call
 
@@ -17,120 +17,46 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from faststream import AckPolicy, BaseMiddleware
 from faststream.exceptions import AckMessage
-from faststream.kafka import KafkaBroker, KafkaRouter, TestKafkaBroker
+from faststream.kafka import KafkaBroker, TestKafkaBroker
 from pydantic import BaseModel
 
-from alpha_streaming.dlq import DeadLetter, DlqHeaders
-from alpha_streaming.envelope import EnvelopeHeaders, EventEnvelope
-from alpha_streaming.errors import (
-    ConfigError,
+from alpha_streaming._dlq import DeadLetter, DlqHeaders
+from alpha_streaming._envelope import EnvelopeHeaders, EventEnvelope
+from alpha_streaming._errors import (
     EnvelopeError,
     InfrastructureError,
     PermanentError,
     RedeliveryRequested,
     TransientError,
 )
-from alpha_streaming.settings import RedpandaSettings
 from middlewares._committer import CommitWindow, first_offsets, next_offsets
 from middlewares._dead_letter import _DlqTopic, _fit
-from middlewares._state import MessageState, Outcome, state_of
-from middlewares.envelope import EnvelopeMiddleware
-from middlewares.error_routing import ErrorRoutingMiddleware
-from middlewares.retry import Budget, RetryPolicy
-from middlewares.stack import enhanced_broker, enhanced_stack, verify_enhanced_broker
+from middlewares._envelope import EnvelopeMiddleware
+from middlewares._error_routing import ErrorRoutingMiddleware
+from middlewares._retry import Budget, RetryPolicy
+from middlewares._state import Outcome, state_of
+from tests.support import RecordingSink, Sleeps, Spy, mock_consumer
 
 SERVICE = "risk-manager"
 TOPIC = "paper.orders.filled"
 OUT = "paper.orders.audit"
 
 
-class _Sink:
-    """Stands in for the DLQ writer: records what would be written; can be told to fail."""
-
-    def __init__(self) -> None:
-        self.writes: list[tuple[list[ConsumerRecord[Any, Any]], BaseException, int, str | None]] = []
-        self.fail_with: Exception | None = None
-        self.closed = False
-
-    async def write(
-        self,
-        broker: Any,
-        records: Sequence[ConsumerRecord[Any, Any]],
-        error: BaseException,
-        *,
-        attempts: int,
-        group_id: str | None,
-    ) -> None:
-        if self.fail_with is not None:
-            raise self.fail_with
-        self.writes.append((list(records), error, attempts, group_id))
-
-    async def close(self) -> None:
-        self.closed = True
-
-
-class _Sleeps:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-
-
-class _Probe(BaseMiddleware):
-    """Innermost: counts how often the inner chain runs and keeps the message state."""
-
-    states: list[MessageState]
-    runs: list[int]
-
-    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
-        _Probe.states.append(state_of(msg))
-        _Probe.runs.append(1)
-        return await call_next(msg)
-
-
-@pytest.fixture(autouse=True)
-def _reset_probe() -> None:
-    _Probe.states = []
-    _Probe.runs = []
-
-
 @pytest.fixture
-def sink() -> _Sink:
-    return _Sink()
-
-
-@pytest.fixture
-def sleeps() -> _Sleeps:
-    return _Sleeps()
-
-
-@pytest.fixture
-def policy(sleeps: _Sleeps) -> RetryPolicy:
+def policy(sleeps: Sleeps) -> RetryPolicy:
     return RetryPolicy(rng=random.Random(1), sleep=sleeps, redelivery_delay_s=0.25)
 
 
-def _broker(policy: RetryPolicy, sink: _Sink, *inner: Any) -> KafkaBroker:
+def _broker(policy: RetryPolicy, sink: RecordingSink, spy: Spy, *inner: Any) -> KafkaBroker:
+    """Error routing outermost, `spy` innermost: it sees every run of the inner chain."""
     routing = ErrorRoutingMiddleware(policy=policy, service=SERVICE, dead_letter=sink)
-    return KafkaBroker(middlewares=(routing, *inner, _Probe), ack_policy=AckPolicy.MANUAL)
+    return KafkaBroker(middlewares=(routing, *inner, spy), ack_policy=AckPolicy.MANUAL)
 
 
-def _consumer(broker: KafkaBroker, topic: str = TOPIC) -> MagicMock:
-    """Give the subscriber of `topic` a consumer whose commits and seeks can be asserted."""
-    consumer = MagicMock(commit=AsyncMock(), seek=MagicMock())
-    subscribers: list[Any] = list(broker.subscribers)
-    for sub in subscribers:
-        if topic in sub.topic_names:
-            sub.parser._setup(consumer)
-    return consumer
-
-
-def _state() -> MessageState:
-    return _Probe.states[-1]
-
-
-async def test_success_commits_the_explicit_next_offset(policy: RetryPolicy, sink: _Sink) -> None:
-    broker = _broker(policy, sink)
+async def test_success_commits_the_explicit_next_offset(
+    policy: RetryPolicy, sink: RecordingSink, spy: Spy
+) -> None:
+    broker = _broker(policy, sink, spy)
     seen: list[dict[str, Any]] = []
 
     @broker.subscriber(TOPIC, group_id="g")
@@ -138,21 +64,21 @@ async def test_success_commits_the_explicit_next_offset(policy: RetryPolicy, sin
         seen.append(body)
 
     async with TestKafkaBroker(broker):
-        consumer = _consumer(broker)
+        consumer = mock_consumer(broker, TOPIC)
         await broker.publish({"qty": 1}, TOPIC, partition=2)
 
     assert seen == [{"qty": 1}]
     consumer.commit.assert_awaited_once_with({TopicPartition(TOPIC, 2): 1})
     consumer.seek.assert_not_called()
-    assert _state().outcome is Outcome.PROCESSED
-    assert (_state().attempts, _state().retries) == (1, 0)
+    assert spy.states[-1].outcome is Outcome.PROCESSED
+    assert (spy.states[-1].attempts, spy.states[-1].retries) == (1, 0)
     assert sink.writes == []
 
 
 async def test_transient_error_succeeds_on_attempt_3_without_dlq(
-    policy: RetryPolicy, sink: _Sink, sleeps: _Sleeps
+    policy: RetryPolicy, sink: RecordingSink, sleeps: Sleeps, spy: Spy
 ) -> None:
-    broker = _broker(policy, sink)
+    broker = _broker(policy, sink, spy)
     calls: list[int] = []
 
     @broker.subscriber(TOPIC, group_id="g")
@@ -162,12 +88,12 @@ async def test_transient_error_succeeds_on_attempt_3_without_dlq(
             raise InfrastructureError("db down")
 
     async with TestKafkaBroker(broker):
-        consumer = _consumer(broker)
+        consumer = mock_consumer(broker, TOPIC)
         await broker.publish({"qty": 1}, TOPIC)
 
     assert len(calls) == 3
-    assert len(_Probe.runs) == 3, "each retry re-runs the inner chain"
-    state = _state()
+    assert len(spy.started) == 3, "each retry re-runs the inner chain"
+    state = spy.states[-1]
     assert (state.outcome, state.attempts, state.retries) == (Outcome.PROCESSED, 3, 2)
     assert isinstance(state.error, InfrastructureError)
     assert sink.writes == []
@@ -179,9 +105,9 @@ async def test_transient_error_succeeds_on_attempt_3_without_dlq(
 
 
 async def test_permanent_error_goes_to_the_dlq_at_once_and_is_committed(
-    policy: RetryPolicy, sink: _Sink, sleeps: _Sleeps
+    policy: RetryPolicy, sink: RecordingSink, sleeps: Sleeps, spy: Spy
 ) -> None:
-    broker = _broker(policy, sink)
+    broker = _broker(policy, sink, spy)
     publisher = broker.publisher(OUT)
 
     @publisher
@@ -190,7 +116,7 @@ async def test_permanent_error_goes_to_the_dlq_at_once_and_is_committed(
         raise PermanentError("unknown instrument")
 
     async with TestKafkaBroker(broker):
-        consumer = _consumer(broker)
+        consumer = mock_consumer(broker, TOPIC)
         await broker.publish(b'{"qty": 1}', TOPIC, key=b"k1", headers={"x-custom": "v"})
         assert publisher.mock is not None
         publisher.mock.assert_not_called()  # no empty body published for a dead-lettered message
@@ -201,17 +127,17 @@ async def test_permanent_error_goes_to_the_dlq_at_once_and_is_committed(
     assert isinstance(error, PermanentError)
     assert (attempts, group) == (1, "risk")
     assert sleeps.delays == []
-    assert _state().outcome is Outcome.DEAD_LETTERED
+    assert spy.states[-1].outcome is Outcome.DEAD_LETTERED
     consumer.commit.assert_awaited_once_with({TopicPartition(TOPIC, 0): 1})
     consumer.seek.assert_not_called()
 
 
 async def test_exhausted_transient_budget_is_dead_lettered_after_max_attempts(
-    sink: _Sink, sleeps: _Sleeps
+    sink: RecordingSink, sleeps: Sleeps, spy: Spy
 ) -> None:
     quick = Budget(max_attempts=4, base_delay_s=0.01, max_delay_s=0.02)
     policy = RetryPolicy(default=quick, rng=random.Random(3), sleep=sleeps)
-    broker = _broker(policy, sink)
+    broker = _broker(policy, sink, spy)
     calls: list[int] = []
 
     @broker.subscriber(TOPIC, group_id="g")
@@ -220,43 +146,43 @@ async def test_exhausted_transient_budget_is_dead_lettered_after_max_attempts(
         raise RuntimeError("always")
 
     async with TestKafkaBroker(broker):
-        consumer = _consumer(broker)
+        consumer = mock_consumer(broker, TOPIC)
         await broker.publish({"qty": 1}, TOPIC)
 
     assert len(calls) == 4
     assert len(sleeps.delays) == 3
     assert all(delay <= 0.02 for delay in sleeps.delays)
     assert [w[2] for w in sink.writes] == [4]
-    state = _state()
+    state = spy.states[-1]
     assert (state.outcome, state.attempts, state.retries) == (Outcome.DEAD_LETTERED, 4, 3)
     consumer.commit.assert_awaited_once()
 
 
 async def test_dlq_write_failure_redelivers_without_commit(
-    policy: RetryPolicy, sink: _Sink, sleeps: _Sleeps
+    policy: RetryPolicy, sink: RecordingSink, sleeps: Sleeps, spy: Spy
 ) -> None:
     sink.fail_with = OSError("broker refused")
-    broker = _broker(policy, sink)
+    broker = _broker(policy, sink, spy)
 
     @broker.subscriber(TOPIC, group_id="g")
     async def handle(body: dict[str, Any]) -> None:
         raise EnvelopeError("not an envelope")
 
     async with TestKafkaBroker(broker):
-        consumer = _consumer(broker)
+        consumer = mock_consumer(broker, TOPIC)
         await broker.publish({"qty": 1}, TOPIC, partition=1)
 
-    assert _state().outcome is Outcome.REDELIVER
+    assert spy.states[-1].outcome is Outcome.REDELIVER
     consumer.commit.assert_not_called()
     consumer.seek.assert_called_once_with(TopicPartition(TOPIC, 1), 0)
     assert sleeps.delays == [0.25], "a backoff before the seek: no hot loop"
 
 
 async def test_redelivery_request_is_never_retried_nor_dead_lettered(
-    policy: RetryPolicy, sink: _Sink, sleeps: _Sleeps
+    policy: RetryPolicy, sink: RecordingSink, sleeps: Sleeps, spy: Spy
 ) -> None:
     raised = RedeliveryRequested("redis down")
-    broker = _broker(policy, sink)
+    broker = _broker(policy, sink, spy)
     calls: list[int] = []
 
     @broker.subscriber(TOPIC, group_id="g")
@@ -265,12 +191,12 @@ async def test_redelivery_request_is_never_retried_nor_dead_lettered(
         raise raised
 
     async with TestKafkaBroker(broker):
-        consumer = _consumer(broker)
+        consumer = mock_consumer(broker, TOPIC)
         await broker.publish({"qty": 1}, TOPIC)
 
     assert len(calls) == 1
     assert sink.writes == []
-    assert _state().outcome is Outcome.REDELIVER
+    assert spy.states[-1].outcome is Outcome.REDELIVER
     consumer.commit.assert_not_called()
     consumer.seek.assert_called_once_with(TopicPartition(TOPIC, 0), 0)
     assert sleeps.delays == [0.25]
@@ -284,8 +210,10 @@ class _Duplicate(BaseMiddleware):
         raise AckMessage()
 
 
-async def test_duplicate_is_committed_without_handler_or_publish(policy: RetryPolicy, sink: _Sink) -> None:
-    broker = _broker(policy, sink, _Duplicate)
+async def test_duplicate_is_committed_without_handler_or_publish(
+    policy: RetryPolicy, sink: RecordingSink, spy: Spy
+) -> None:
+    broker = _broker(policy, sink, spy, _Duplicate)
     publisher = broker.publisher(OUT)
     calls: list[int] = []
 
@@ -296,7 +224,7 @@ async def test_duplicate_is_committed_without_handler_or_publish(policy: RetryPo
         return body
 
     async with TestKafkaBroker(broker):
-        consumer = _consumer(broker)
+        consumer = mock_consumer(broker, TOPIC)
         await broker.publish({"qty": 1}, TOPIC)  # AckMessage does not escape
         assert publisher.mock is not None
         publisher.mock.assert_not_called()
@@ -305,8 +233,10 @@ async def test_duplicate_is_committed_without_handler_or_publish(policy: RetryPo
     consumer.commit.assert_awaited_once_with({TopicPartition(TOPIC, 0): 1})
 
 
-async def test_result_is_published_before_the_commit(policy: RetryPolicy, sink: _Sink) -> None:
-    broker = _broker(policy, sink)
+async def test_result_is_published_before_the_commit(
+    policy: RetryPolicy, sink: RecordingSink, spy: Spy
+) -> None:
+    broker = _broker(policy, sink, spy)
     order: list[str] = []
     publisher = broker.publisher(OUT)
 
@@ -320,8 +250,8 @@ async def test_result_is_published_before_the_commit(policy: RetryPolicy, sink: 
         return {"seen": body["qty"]}
 
     async with TestKafkaBroker(broker):
-        consumer = _consumer(broker)
-        _consumer(broker, OUT)
+        consumer = mock_consumer(broker, TOPIC)
+        mock_consumer(broker, OUT)
         consumer.commit.side_effect = lambda offsets: order.append("committed")
         await broker.publish({"qty": 1}, TOPIC)
 
@@ -335,8 +265,10 @@ class _FailingResultPublish(BaseMiddleware):
         return await call_next(cmd)
 
 
-async def test_failed_result_publish_is_not_committed(policy: RetryPolicy, sink: _Sink) -> None:
-    broker = _broker(policy, sink, _FailingResultPublish)
+async def test_failed_result_publish_is_not_committed(
+    policy: RetryPolicy, sink: RecordingSink, spy: Spy
+) -> None:
+    broker = _broker(policy, sink, spy, _FailingResultPublish)
     publisher = broker.publisher(OUT)
 
     @publisher
@@ -345,7 +277,7 @@ async def test_failed_result_publish_is_not_committed(policy: RetryPolicy, sink:
         return body
 
     async with TestKafkaBroker(broker):
-        consumer = _consumer(broker)
+        consumer = mock_consumer(broker, TOPIC)
         with pytest.raises(OSError, match="producer down"):
             await broker.publish({"qty": 1}, TOPIC)
 
@@ -358,9 +290,9 @@ class Fill(BaseModel):
 
 
 async def test_envelope_and_payload_errors_are_dead_lettered_through_the_stack(
-    policy: RetryPolicy, sink: _Sink
+    policy: RetryPolicy, sink: RecordingSink, spy: Spy
 ) -> None:
-    broker = _broker(policy, sink, EnvelopeMiddleware(source=SERVICE))
+    broker = _broker(policy, sink, spy, EnvelopeMiddleware(source=SERVICE))
     handled: list[Fill] = []
 
     @broker.subscriber(TOPIC, group_id="g")
@@ -370,7 +302,7 @@ async def test_envelope_and_payload_errors_are_dead_lettered_through_the_stack(
     good = EventEnvelope.create(type="Fill", data={"qty": 3}, source="t", key="k", broker="paper")
     bad_payload = EventEnvelope.create(type="Fill", data={"qty": "many"}, source="t", key="k", broker="paper")
     async with TestKafkaBroker(broker):
-        consumer = _consumer(broker)
+        consumer = mock_consumer(broker, TOPIC)
         for body in (b"\xff\x00 not json", b'{"valid": "json"}', bad_payload.to_bytes(), good.to_bytes()):
             # Bytes with an event id header are sent as they are (the envelope middleware's
             # publish side does not wrap them), so malformed bodies reach the consumer.
@@ -388,9 +320,9 @@ async def test_envelope_and_payload_errors_are_dead_lettered_through_the_stack(
 
 
 async def test_batch_is_retried_as_a_unit_then_every_record_dead_lettered(
-    policy: RetryPolicy, sink: _Sink
+    policy: RetryPolicy, sink: RecordingSink, spy: Spy
 ) -> None:
-    broker = _broker(policy, sink)
+    broker = _broker(policy, sink, spy)
     calls: list[int] = []
 
     @broker.subscriber(TOPIC, group_id="g", batch=True)
@@ -399,7 +331,7 @@ async def test_batch_is_retried_as_a_unit_then_every_record_dead_lettered(
         raise TransientError("still down")
 
     async with TestKafkaBroker(broker):
-        consumer = _consumer(broker)
+        consumer = mock_consumer(broker, TOPIC)
         await broker.publish_batch(b'{"n": 1}', b'{"n": 2}', b'{"n": 3}', topic=TOPIC)
 
     assert calls == [3] * 5  # the default transient budget, the whole batch each time
@@ -433,75 +365,7 @@ def test_batch_offsets_per_partition() -> None:
     }
 
 
-async def test_wrong_ack_policy_is_refused_before_the_handler_runs(policy: RetryPolicy, sink: _Sink) -> None:
-    routing = ErrorRoutingMiddleware(policy=policy, service=SERVICE, dead_letter=sink)
-    broker = KafkaBroker(middlewares=(routing,))  # Kafka's default policy: ACK_FIRST
-    calls: list[int] = []
-
-    @broker.subscriber(TOPIC, group_id="g")
-    async def handle(body: dict[str, Any]) -> None:
-        calls.append(1)
-
-    async with TestKafkaBroker(broker):
-        with pytest.raises(ConfigError, match=r"AckPolicy\.MANUAL"):
-            await broker.publish({"qty": 1}, TOPIC)
-    assert calls == []
-    with pytest.raises(ConfigError, match="ACK_FIRST"):
-        verify_enhanced_broker(broker)
-
-
-def test_verify_catches_the_router_declared_before_include_trap() -> None:
-    broker = KafkaBroker(ack_policy=AckPolicy.MANUAL)
-    router = KafkaRouter()
-
-    @router.subscriber("early", group_id="g")
-    async def early(body: Any) -> None: ...
-
-    broker.include_router(router)
-
-    @broker.subscriber("fine", group_id="g")
-    async def fine(body: Any) -> None: ...
-
-    with pytest.raises(ConfigError) as info:
-        verify_enhanced_broker(broker)
-    assert "early" in str(info.value)
-    assert "fine" not in str(info.value)
-    assert info.value.args[0].count("runs with ack_policy") == 1
-
-
-def test_enhanced_broker_defaults_subscribers_to_manual() -> None:
-    broker = enhanced_broker(RedpandaSettings(), service=SERVICE, metrics=False)
-
-    @broker.subscriber(TOPIC, group_id="g")
-    async def handle(body: Any) -> None: ...
-
-    verify_enhanced_broker(broker)
-    assert [sub.ack_policy for sub in broker.subscribers] == [AckPolicy.MANUAL]
-
-
-def test_enhanced_stack_order() -> None:
-    redis = MagicMock()
-    stack = enhanced_stack(service=SERVICE, redis=redis)
-    assert [type(m).__name__ for m in stack] == [
-        "MetricsMiddleware",
-        "ErrorRoutingMiddleware",
-        "EnvelopeMiddleware",
-        "DeduplicationMiddleware",
-        "OutputsMiddleware",
-    ]
-    assert [type(m).__name__ for m in enhanced_stack(service=SERVICE, metrics=False)] == [
-        "ErrorRoutingMiddleware",
-        "EnvelopeMiddleware",
-        "OutputsMiddleware",
-    ]
-    with pytest.raises(ConfigError):
-        enhanced_stack(service="")
-    with pytest.raises(ConfigError, match="only safe with dedup"):
-        enhanced_stack(service=SERVICE, metrics=False, commit_every=50)
-    assert enhanced_stack(service=SERVICE, redis=redis, metrics=False, commit_every=50)[0].commit_every == 50
-
-
-async def test_close_releases_the_dead_letter_sink(policy: RetryPolicy, sink: _Sink) -> None:
+async def test_close_releases_the_dead_letter_sink(policy: RetryPolicy, sink: RecordingSink) -> None:
     await ErrorRoutingMiddleware(policy=policy, service=SERVICE, dead_letter=sink).close()
     assert sink.closed
 
@@ -531,8 +395,10 @@ def test_dlq_headers_are_clipped_to_fit_but_original_bytes_never() -> None:
     assert len(roomy[DlqHeaders.EXCEPTION_STACKTRACE]) == 10_000
 
 
-async def test_binary_header_values_do_not_stop_a_valid_event(policy: RetryPolicy, sink: _Sink) -> None:
-    broker = _broker(policy, sink)
+async def test_binary_header_values_do_not_stop_a_valid_event(
+    policy: RetryPolicy, sink: RecordingSink, spy: Spy
+) -> None:
+    broker = _broker(policy, sink, spy)
     seen: list[dict[str, Any]] = []
     subscriber = broker.subscriber(TOPIC, group_id="g")
 
@@ -550,8 +416,10 @@ async def test_binary_header_values_do_not_stop_a_valid_event(policy: RetryPolic
     assert sink.writes == []
 
 
-async def test_binary_header_values_reach_the_dlq_untouched(policy: RetryPolicy, sink: _Sink) -> None:
-    broker = _broker(policy, sink)
+async def test_binary_header_values_reach_the_dlq_untouched(
+    policy: RetryPolicy, sink: RecordingSink, spy: Spy
+) -> None:
+    broker = _broker(policy, sink, spy)
     subscriber = broker.subscriber(TOPIC, group_id="g")
 
     @subscriber
@@ -568,9 +436,9 @@ async def test_binary_header_values_reach_the_dlq_untouched(policy: RetryPolicy,
 
 
 async def test_record_the_parser_rejects_is_dead_lettered_and_committed(
-    policy: RetryPolicy, sink: _Sink
+    policy: RetryPolicy, sink: RecordingSink, spy: Spy
 ) -> None:
-    broker = _broker(policy, sink)
+    broker = _broker(policy, sink, spy)
 
     async def refuse(record: Any, original: Any) -> Any:
         raise ValueError("cannot parse")
@@ -614,7 +482,9 @@ async def test_commit_window_coalesces_by_count_time_and_flushes_before_a_seek()
     assert consumer.commit.await_args_list[-1] == call({TopicPartition("a", 0): 10})
 
 
-async def test_coalesced_commits_are_flushed_before_a_redelivery_seek(sink: _Sink, sleeps: _Sleeps) -> None:
+async def test_coalesced_commits_are_flushed_before_a_redelivery_seek(
+    sink: RecordingSink, sleeps: Sleeps
+) -> None:
     policy = RetryPolicy(sleep=sleeps, redelivery_delay_s=0.0)
     routing = ErrorRoutingMiddleware(policy=policy, service=SERVICE, dead_letter=sink, commit_every=10)
     broker = KafkaBroker(middlewares=(routing,), ack_policy=AckPolicy.MANUAL)
@@ -641,7 +511,7 @@ async def test_coalesced_commits_are_flushed_before_a_redelivery_seek(sink: _Sin
 
 
 async def test_a_dead_lettered_outcome_is_committed_at_once_with_what_was_pending(
-    sink: _Sink, sleeps: _Sleeps
+    sink: RecordingSink, sleeps: Sleeps
 ) -> None:
     policy = RetryPolicy(sleep=sleeps)
     routing = ErrorRoutingMiddleware(policy=policy, service=SERVICE, dead_letter=sink, commit_every=10)

@@ -25,9 +25,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
-from alpha_streaming.errors import ConfigError
+from alpha_streaming._errors import ConfigError
+from middlewares._metrics import RAW_OUTCOME_ATTRIBUTE, UNROUTED, MetricsMiddleware
 from middlewares._state import Outcome, state_of
-from middlewares.metrics import RAW_OUTCOME_ATTRIBUTE, UNROUTED, MetricsMiddleware
 
 SERVICE = "risk-manager"
 TOPIC = "paper.orders.filled"

@@ -17,16 +17,15 @@ from faststream import AckPolicy, BaseMiddleware
 from faststream.exceptions import AckMessage, NackMessage, RejectMessage
 from faststream.kafka import KafkaBroker, KafkaMessage, TestKafkaBroker
 
-from alpha_streaming.envelope import EnvelopeHeaders, EventEnvelope
-from alpha_streaming.errors import OutputPublishError
-from alpha_streaming.ids import child_id
+from alpha_streaming._envelope import EnvelopeHeaders, EventEnvelope
+from alpha_streaming._errors import OutputPublishError
+from alpha_streaming._ids import child_id
+from middlewares._envelope import EnvelopeMiddleware
+from middlewares._error_routing import ErrorRoutingMiddleware
+from middlewares._outputs import OutputsMiddleware
+from middlewares._retry import RetryPolicy
 from middlewares._state import Outcome, state_of
-from middlewares.envelope import EnvelopeMiddleware
-from middlewares.error_routing import ErrorRoutingMiddleware
-from middlewares.outputs import OutputsMiddleware
-from middlewares.retry import RetryPolicy
-from tests.unit.middlewares.test_error_routing import _consumer as _routing_consumer
-from tests.unit.middlewares.test_error_routing import _Sink, _Sleeps
+from tests.support import RecordingSink, Sleeps, mock_consumer
 
 SERVICE = "position-keeper"
 TOPIC = "paper.orders.filled"
@@ -78,16 +77,11 @@ def _journal() -> None:
 
 
 @pytest.fixture
-def sink() -> _Sink:
-    return _Sink()
-
-
-@pytest.fixture
 def policy() -> RetryPolicy:
-    return RetryPolicy(rng=random.Random(1), sleep=_Sleeps())
+    return RetryPolicy(rng=random.Random(1), sleep=Sleeps())
 
 
-def _broker(policy: RetryPolicy, sink: _Sink) -> KafkaBroker:
+def _broker(policy: RetryPolicy, sink: RecordingSink) -> KafkaBroker:
     stack = (
         ErrorRoutingMiddleware(policy=policy, service=SERVICE, dead_letter=sink),
         EnvelopeMiddleware(source=SERVICE),
@@ -100,7 +94,7 @@ def _broker(policy: RetryPolicy, sink: _Sink) -> KafkaBroker:
 
 def _consumer(broker: KafkaBroker) -> MagicMock:
     """Commits of the input subscriber land in the journal."""
-    consumer = _routing_consumer(broker, TOPIC)
+    consumer = mock_consumer(broker, TOPIC)
     consumer.commit.side_effect = lambda offsets: _Journal.entries.append("committed")
     return consumer
 
@@ -128,7 +122,7 @@ async def _deliver(broker: KafkaBroker, raw: bytes) -> None:
 
 
 async def test_returned_event_is_acknowledged_before_done_and_commit(
-    policy: RetryPolicy, sink: _Sink
+    policy: RetryPolicy, sink: RecordingSink
 ) -> None:
     broker = _broker(policy, sink)
     seen = _listen(broker, OUT)
@@ -147,7 +141,9 @@ async def test_returned_event_is_acknowledged_before_done_and_commit(
     assert [body for _, body in seen] == [{"position": 2}], "published once, not again by FastStream"
 
 
-async def test_every_publisher_gets_the_result_once_before_done(policy: RetryPolicy, sink: _Sink) -> None:
+async def test_every_publisher_gets_the_result_once_before_done(
+    policy: RetryPolicy, sink: RecordingSink
+) -> None:
     broker = _broker(policy, sink)
     seen = _listen(broker, OUT, AUDIT)
 
@@ -165,7 +161,9 @@ async def test_every_publisher_gets_the_result_once_before_done(policy: RetryPol
     assert _Journal.entries[-2:] == ["done", "committed"]
 
 
-async def test_failed_output_is_retried_with_the_same_child_id(policy: RetryPolicy, sink: _Sink) -> None:
+async def test_failed_output_is_retried_with_the_same_child_id(
+    policy: RetryPolicy, sink: RecordingSink
+) -> None:
     broker = _broker(policy, sink)
     seen = _listen(broker, OUT)
     runs: list[int] = []
@@ -191,7 +189,7 @@ async def test_failed_output_is_retried_with_the_same_child_id(policy: RetryPoli
 
 
 async def test_an_output_that_never_succeeds_is_dead_lettered_not_done(
-    policy: RetryPolicy, sink: _Sink
+    policy: RetryPolicy, sink: RecordingSink
 ) -> None:
     broker = _broker(policy, sink)
 
@@ -212,7 +210,7 @@ async def test_an_output_that_never_succeeds_is_dead_lettered_not_done(
 
 
 async def test_handler_ack_after_a_side_effect_is_done_and_publishes_nothing(
-    policy: RetryPolicy, sink: _Sink
+    policy: RetryPolicy, sink: RecordingSink
 ) -> None:
     broker = _broker(policy, sink)
     seen = _listen(broker, OUT)
@@ -234,7 +232,7 @@ async def test_handler_ack_after_a_side_effect_is_done_and_publishes_nothing(
 
 
 async def test_handler_nack_is_a_transient_failure_retried_then_dead_lettered(
-    policy: RetryPolicy, sink: _Sink
+    policy: RetryPolicy, sink: RecordingSink
 ) -> None:
     broker = _broker(policy, sink)
     runs: list[int] = []
@@ -254,7 +252,7 @@ async def test_handler_nack_is_a_transient_failure_retried_then_dead_lettered(
     assert _Journal.entries == ["released"] * attempts + ["committed"]
 
 
-async def test_handler_reject_is_dead_lettered_at_once(policy: RetryPolicy, sink: _Sink) -> None:
+async def test_handler_reject_is_dead_lettered_at_once(policy: RetryPolicy, sink: RecordingSink) -> None:
     broker = _broker(policy, sink)
     runs: list[int] = []
 

@@ -8,7 +8,7 @@ import random
 import pydantic
 import pytest
 
-from alpha_streaming.errors import (
+from alpha_streaming._errors import (
     AuthenticationError,
     BusinessError,
     ConfigError,
@@ -20,8 +20,8 @@ from alpha_streaming.errors import (
     RateLimitError,
     TransientError,
 )
-from alpha_streaming.settings import RetrySettings
-from middlewares.retry import (
+from alpha_streaming._settings import RetrySettings
+from middlewares._retry import (
     AUTHENTICATION,
     BUSINESS,
     INFRASTRUCTURE,

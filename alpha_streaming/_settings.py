@@ -1,0 +1,260 @@
+"""Settings read from keyword arguments or the environment (pydantic-settings).
+
+Environment variables:
+- `RedpandaSettings`: prefix `ALPHA_REDPANDA_` (e.g. `ALPHA_REDPANDA_CLIENT_ID`);
+  the bootstrap servers also come from plain `KAFKA_BOOTSTRAP_SERVERS`, as a comma-separated
+  list (`host1:9092,host2:9092`) that becomes one address per item.
+- `Settings`: prefix `ALPHA_`, nested fields with `__` (e.g. `ALPHA_DEDUP__LEASE_TTL_S=10`);
+  the Redis URL also comes from plain `REDIS_URL`.
+Secrets (SASL password, a password inside the Redis URL) never appear in `repr` or `str`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from alpha_streaming._errors import ConfigError
+
+__all__ = (
+    "MAX_OUTAGE_PAUSE_S",
+    "ConsumerSettings",
+    "DedupSettings",
+    "MetricsSettings",
+    "RedpandaSettings",
+    "RetrySettings",
+    "Settings",
+    "mask_url",
+)
+
+DEFAULT_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def mask_url(url: str) -> str:
+    """`url` with any password replaced by `***`, for logs and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _config_error(model: str, exc: ValidationError | SettingsError) -> ConfigError:
+    """The project's own error, built without the input values (they may hold secrets)."""
+    if isinstance(exc, SettingsError):
+        return ConfigError(f"invalid {model}: {exc}")
+    return ConfigError(f"invalid {model}: " + "; ".join(_problems(exc)))
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    found: list[str] = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if nested := _NESTED.fullmatch(message):
+            # A section's own ConfigError ("invalid DedupSettings: x: ...") becomes "dedup.x: ..."
+            found.extend(f"{where}.{problem}" if where else problem for problem in nested[1].split("; "))
+        else:
+            found.append(f"{where}: {message}" if where else message)
+    return found
+
+
+_NESTED = re.compile(r"invalid \w+Settings: (.*)", re.DOTALL)
+
+
+class _Settings(BaseSettings):
+    """Settings read from the environment; invalid values raise `ConfigError`, not pydantic's error."""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except (ValidationError, SettingsError) as exc:
+            raise _config_error(type(self).__name__, exc) from None
+
+
+class _Section(BaseModel):
+    """A nested settings section; invalid values raise `ConfigError`, like `_Settings`."""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _config_error(type(self).__name__, exc) from None
+
+
+class RedpandaSettings(_Settings):
+    """How to reach Kafka/Redpanda; the single source of truth for both tiers' connections."""
+
+    model_config = SettingsConfigDict(env_prefix="ALPHA_REDPANDA_", extra="forbid")
+
+    # A list, never one "a:1,b:2" string: FastStream's KafkaBroker wraps a string into a one-item
+    # list that aiokafka never splits. NoDecode hands env strings to the validator, not to JSON.
+    bootstrap_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [DEFAULT_BOOTSTRAP_SERVERS],
+        validation_alias=AliasChoices(
+            "bootstrap_servers", "ALPHA_REDPANDA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"
+        ),
+    )
+    client_id: str = "alpha-streaming"
+    group_id_prefix: str = ""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    # Producer tuning shared by both tiers. Idempotence and acks=all are not settings: always on.
+    linger_ms: int = Field(default=5, ge=0)
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    max_batch_size: int = Field(default=65536, gt=0)
+    request_timeout_ms: int = Field(default=30000, gt=0)
+
+    @field_validator("bootstrap_servers", mode="before")
+    @classmethod
+    def _servers_are_host_port_list(cls, value: Any) -> Any:
+        """Split comma-separated strings (env var, CLI flag, kwargs) into one address per item."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
+            return value  # not strings: pydantic's list[str] check names the problem
+        servers = [part.strip() for item in items for part in item.split(",") if part.strip()]
+        bad = [s for s in servers if not s.rpartition(":")[2].isdigit()]
+        if not servers or bad:
+            raise ConfigError(
+                f"bootstrap_servers must be host:port[,host:port...], got {','.join(items)!r}; "
+                "set KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 for the local stack"
+            )
+        return servers
+
+    @model_validator(mode="after")
+    def _sasl_is_complete(self) -> RedpandaSettings:
+        uses_sasl = self.security_protocol.startswith("SASL_")
+        if uses_sasl and (not self.sasl_mechanism or not self.sasl_username or not self.sasl_password):
+            raise ConfigError(
+                f"security_protocol={self.security_protocol} needs sasl_mechanism, sasl_username and "
+                "sasl_password (ALPHA_REDPANDA_SASL_MECHANISM / _SASL_USERNAME / _SASL_PASSWORD)"
+            )
+        if not uses_sasl and self.sasl_mechanism:
+            raise ConfigError(
+                f"sasl_mechanism={self.sasl_mechanism} is set but security_protocol is "
+                f"{self.security_protocol}; use SASL_PLAINTEXT or SASL_SSL"
+            )
+        return self
+
+    @property
+    def bootstrap_servers_text(self) -> str:
+        """The addresses as `host:port,host:port`, for messages and logs (not a list repr)."""
+        return ",".join(self.bootstrap_servers)
+
+    def group_id(self, name: str) -> str:
+        """A consumer group id with this deployment's prefix."""
+        return f"{self.group_id_prefix}{name}"
+
+
+# Half of aiokafka's default max_poll_interval_ms (300 s): a paused consumer keeps its group.
+MAX_OUTAGE_PAUSE_S = 150.0
+
+
+class DedupSettings(_Section):
+    """Redis deduplication: lease while in flight, long-lived done marker after success.
+
+    `outage_pause_s`: how long one message waits for Redis to come back before it is redelivered
+    (`on_redis_outage="pause"`); bounded so a paused consumer stays in its group.
+    """
+
+    enabled: bool = True
+    lease_ttl_s: float = Field(default=30.0, gt=0)
+    done_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    local_cache_size: int = Field(default=10_000, ge=0)
+    on_redis_outage: Literal["pause", "fail_open"] = "pause"
+    outage_pause_s: float = Field(default=30.0, gt=0, le=MAX_OUTAGE_PAUSE_S)
+
+    @model_validator(mode="after")
+    def _lease_shorter_than_done(self) -> DedupSettings:
+        if self.done_ttl_s <= self.lease_ttl_s:
+            raise ConfigError(
+                f"dedup needs lease_ttl_s < done_ttl_s, got lease_ttl_s={self.lease_ttl_s}, "
+                f"done_ttl_s={self.done_ttl_s}"
+            )
+        return self
+
+
+class RetrySettings(_Section):
+    """Default budget for transient errors; `middlewares.RetryPolicy` holds the full policy."""
+
+    max_attempts: int = Field(default=5, ge=1)
+    base_delay_s: float = Field(default=1.0, ge=0)
+    max_delay_s: float = Field(default=30.0, ge=0)
+
+
+class ConsumerSettings(_Section):
+    """How the builder's subscribers poll and commit (aiokafka's defaults unless set).
+
+    `commit_every` > 1 coalesces offset commits (flushed after that many outcomes, after
+    `commit_interval_s`, before any seek, right after a dead-letter write, on partition revoke
+    and on shutdown). It needs dedup: records whose commit was pending when a process died come
+    again and are skipped as done. The default "auto" is 100 with dedup and 1 (a commit per
+    message) without it; an explicit number > 1 without dedup is refused (`EnhancedTier`).
+    """
+
+    max_poll_interval_ms: int = Field(default=300_000, gt=0)
+    session_timeout_ms: int = Field(default=10_000, gt=0)
+    heartbeat_interval_ms: int = Field(default=3_000, gt=0)
+    max_poll_records: int | None = Field(default=None, gt=0)
+    commit_every: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    commit_interval_s: float = Field(default=0.5, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> ConsumerSettings:
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ConfigError(
+                f"consumer.heartbeat_interval_ms={self.heartbeat_interval_ms} must be below "
+                f"session_timeout_ms={self.session_timeout_ms} (Kafka advises a third of it)"
+            )
+        return self
+
+
+class MetricsSettings(_Section):
+    enabled: bool = True
+    prometheus_port: int | None = Field(default=None, ge=0, le=65535)
+
+
+class Settings(_Settings):
+    """Service-wide settings: Kafka connection, Redis, dedup, retries, consumers and metrics."""
+
+    model_config = SettingsConfigDict(env_prefix="ALPHA_", env_nested_delimiter="__", extra="forbid")
+
+    service_name: str = "alpha-service"
+    redpanda: RedpandaSettings = Field(default_factory=RedpandaSettings)
+    redis_url: str = Field(
+        default=DEFAULT_REDIS_URL,
+        validation_alias=AliasChoices("redis_url", "ALPHA_REDIS_URL", "REDIS_URL"),
+    )
+    dedup: DedupSettings = Field(default_factory=DedupSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str) -> str:
+        if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ConfigError(
+                f"redis_url must start with redis://, rediss:// or unix://, got {mask_url(value)!r}"
+            )
+        return value
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if name == "redis_url" else value
