@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install stack-up stack-down stack-status test unit integration fault lint demo bench clean
+.PHONY: install stack-up stack-down stack-status cluster-up cluster-down cluster-status test unit integration fault lint demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,16 @@ stack-down:
 
 stack-status:
 	scripts/stack.sh status
+
+## A 3-broker KRaft cluster (127.0.0.1:29092-29094) and a 3-master Redis Cluster (127.0.0.1:27001-27003).
+cluster-up:
+	scripts/cluster.sh up
+
+cluster-down:
+	scripts/cluster.sh down
+
+cluster-status:
+	scripts/cluster.sh status
 
 ## All tests: unit, integration against the real Kafka and Redis, and the fault suite.
 test: install stack-up

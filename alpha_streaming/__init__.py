@@ -19,6 +19,7 @@ from alpha_streaming._admin import (
     ensure_topics,
     topic_partitions,
 )
+from alpha_streaming._asyncapi import EnvelopeAsyncAPI
 from alpha_streaming._broker import make_broker, raw_producer
 from alpha_streaming._clients import ConsumedRecord, OutgoingRecord, RedpandaConsumer, RedpandaProducer
 from alpha_streaming._dlq import DeadLetter, DlqHeaders
@@ -43,9 +44,11 @@ from alpha_streaming._errors import (
 )
 from alpha_streaming._ids import CHILD_ID_NAMESPACE, child_id, uuid7
 from alpha_streaming._lineage import current_event
+from alpha_streaming._logging import configure_logging
 from alpha_streaming._settings import (
     ConsumerSettings,
     DedupSettings,
+    LogSettings,
     MetricsSettings,
     RedpandaSettings,
     RetrySettings,
@@ -62,6 +65,7 @@ if TYPE_CHECKING:
     from alpha_streaming._services.builder import StreamServiceBuilder
     from alpha_streaming._services.health import ServiceHealth
     from alpha_streaming._services.orchestrator import ServiceOrchestrator
+    from alpha_streaming._services.redis_client import redis_client
     from alpha_streaming._services.service import CurrentProducer, ServiceProducer, StreamService
 
 _SERVICE_LAYER = {
@@ -71,6 +75,7 @@ _SERVICE_LAYER = {
     "ServiceProducer": "alpha_streaming._services.service",
     "StreamService": "alpha_streaming._services.service",
     "StreamServiceBuilder": "alpha_streaming._services.builder",
+    "redis_client": "alpha_streaming._services.redis_client",
 }
 
 
@@ -98,11 +103,13 @@ __all__ = (
     "DedupSettings",
     "DlqEntry",
     "DlqHeaders",
+    "EnvelopeAsyncAPI",
     "EnvelopeError",
     "EnvelopeHeaders",
     "EventEnvelope",
     "InfrastructureError",
     "KafkaClientError",
+    "LogSettings",
     "MetricsSettings",
     "OutgoingRecord",
     "OutputPublishError",
@@ -133,6 +140,7 @@ __all__ = (
     "broker_admin",
     "broker_from_topic",
     "child_id",
+    "configure_logging",
     "connected_broker",
     "current_event",
     "dlq_topic",
@@ -143,6 +151,7 @@ __all__ = (
     "parse_filters",
     "raw_producer",
     "read_bounded",
+    "redis_client",
     "replay_dlq",
     "topic_partitions",
     "uuid7",

@@ -10,18 +10,16 @@ connection settings (bootstrap servers, client id, security) are the one set bui
 from __future__ import annotations
 
 import asyncio
-import traceback
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from aiokafka import AIOKafkaProducer
 from aiokafka import errors as ak
 from aiokafka.admin import NewTopic
 
-from alpha_streaming._broker import make_broker
+from alpha_streaming._broker import describe_error, make_broker
 from alpha_streaming._errors import ConfigError, KafkaClientError
 from alpha_streaming._settings import RedpandaSettings
 
@@ -102,35 +100,11 @@ async def connected_broker(config: RedpandaSettings) -> AsyncIterator[KafkaBroke
     # shared `faststream.access.kafka` logger would keep a handler bound to whatever sys.stdout
     # is at connect time (a CLI test runner's buffer, closed later), breaking later brokers' logs.
     broker = make_broker(config, logger=None)
-    try:
-        await broker.connect()
-    except (ak.KafkaError, OSError) as exc:
-        await _stop_orphan_producers(exc)
-        await broker.stop()
-        raise KafkaClientError(
-            f"cannot connect to Kafka at {config.bootstrap_servers_text}: {describe_error(exc)}; "
-            "check --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS"
-        ) from exc
+    await broker.connect()
     try:
         yield broker
     finally:
         await broker.stop()
-
-
-def describe_error(exc: BaseException) -> str:
-    """`Class: message`, without repeating the class name that aiokafka's messages already start with."""
-    text = str(exc)
-    name = type(exc).__name__
-    return text if text.startswith(name) else f"{name}: {text}"
-
-
-async def _stop_orphan_producers(exc: BaseException) -> None:
-    # FastStream creates the AIOKafkaProducer inside `connect()` and drops it when its start()
-    # fails; unstopped, it warns "Unclosed AIOKafkaProducer" when collected. Stop it here.
-    for frame, _ in traceback.walk_tb(exc.__traceback__):
-        for value in list(frame.f_locals.values()):
-            if isinstance(value, AIOKafkaProducer):
-                await value.stop()
 
 
 async def topic_partitions(admin: AIOKafkaAdminClient, topics: Iterable[str]) -> dict[str, int]:

@@ -1,22 +1,60 @@
-"""One way to build a FastStream `KafkaBroker` from `RedpandaSettings`, shared by both tiers."""
+"""One way to build a FastStream `KafkaBroker` from `RedpandaSettings`, shared by both tiers.
+
+Its `connect()` fails the same way on every path (direct clients, decorator apps, built
+services, the CLI): one `KafkaClientError` naming the addresses and the setting to check, with
+the clients FastStream opened before the failure closed (no "Unclosed AIOKafkaProducer").
+"""
 
 from __future__ import annotations
 
 import ssl
+import traceback
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from aiokafka import AIOKafkaProducer
+from aiokafka import errors as ak
 from faststream.exceptions import IncorrectState
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
-from alpha_streaming._errors import ClientStateError
+from alpha_streaming._errors import ClientStateError, KafkaClientError
 from alpha_streaming._settings import RedpandaSettings
 
-if TYPE_CHECKING:
-    from aiokafka import AIOKafkaProducer
+__all__ = ("broker_security", "describe_error", "make_broker", "raw_producer")
 
-__all__ = ("broker_security", "make_broker", "raw_producer")
+
+def describe_error(exc: BaseException) -> str:
+    """`Class: message`, without repeating the class name that aiokafka's messages already start with."""
+    text = str(exc)
+    name = type(exc).__name__
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
+class _Broker(KafkaBroker):
+    """A `KafkaBroker` whose failed connect is one clear error and leaves nothing open."""
+
+    servers_text = ""
+
+    async def _connect(self) -> Any:
+        try:
+            return await super()._connect()
+        except (ak.KafkaError, OSError) as exc:
+            await _stop_orphan_producers(exc)
+            await self.config.disconnect()
+            raise KafkaClientError(
+                f"cannot connect to Kafka at {self.servers_text}: {describe_error(exc)}; check "
+                "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS / ALPHA_REDPANDA_BOOTSTRAP_SERVERS"
+            ) from exc
+
+
+async def _stop_orphan_producers(exc: BaseException) -> None:
+    # FastStream creates the AIOKafkaProducer inside `connect()` and drops it when its start()
+    # fails; unstopped, it warns "Unclosed AIOKafkaProducer" when collected. Stop it here.
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        for value in list(frame.f_locals.values()):
+            if isinstance(value, AIOKafkaProducer):
+                await value.stop()
 
 
 def broker_security(config: RedpandaSettings) -> BaseSecurity | None:
@@ -53,7 +91,7 @@ def make_broker(
 
     `options` are passed to `KafkaBroker` as they are (e.g. `ack_policy`, `graceful_timeout`).
     """
-    return KafkaBroker(
+    broker = _Broker(
         # A list: KafkaBroker wraps a string into a one-item list, which aiokafka never splits.
         config.bootstrap_servers,
         client_id=config.client_id,
@@ -63,10 +101,13 @@ def make_broker(
         linger_ms=config.linger_ms,
         compression_type=config.compression_type,
         max_batch_size=config.max_batch_size,
+        max_request_size=config.max_request_size,
         request_timeout_ms=config.request_timeout_ms,
         middlewares=tuple(middlewares),
         **options,
     )
+    broker.servers_text = config.bootstrap_servers_text
+    return broker
 
 
 def raw_producer(broker: KafkaBroker) -> AIOKafkaProducer:

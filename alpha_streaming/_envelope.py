@@ -1,7 +1,14 @@
-"""`EventEnvelope`: the wire format of every event in the enhanced tier (JSON body, UTF-8)."""
+"""`EventEnvelope`: the wire format of every event in the enhanced tier (JSON body, UTF-8).
+
+An envelope whose `version` is above `ENVELOPE_VERSION` is read with the fields this code knows
+and processed (a producer upgraded first must not stall its consumers), with one warning per
+version and process; if its known fields no longer validate, it is an invalid envelope and is
+dead-lettered like one, to be replayed once the consumer is upgraded.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -23,6 +30,9 @@ from alpha_streaming._ids import uuid7
 __all__ = ("ENVELOPE_VERSION", "EnvelopeHeaders", "EventEnvelope")
 
 ENVELOPE_VERSION = 1
+
+log = logging.getLogger(__name__)
+_newer_versions_seen: set[int] = set()
 
 
 class EnvelopeHeaders:
@@ -69,6 +79,15 @@ class EventEnvelope(BaseModel):
         if not self.correlation_id:
             # A root event starts its own correlation chain.
             object.__setattr__(self, "correlation_id", self.id)
+        if self.version > ENVELOPE_VERSION and self.version not in _newer_versions_seen:
+            _newer_versions_seen.add(self.version)
+            log.warning(
+                "envelope version %d from %s is newer than this code's %d; processing it with the "
+                "fields this version knows (upgrade this consumer)",
+                self.version,
+                self.source,
+                ENVELOPE_VERSION,
+            )
         return self
 
     @classmethod

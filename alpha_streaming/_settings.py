@@ -6,7 +6,10 @@ Environment variables:
   list (`host1:9092,host2:9092`) that becomes one address per item.
 - `Settings`: prefix `ALPHA_`, nested fields with `__` (e.g. `ALPHA_DEDUP__LEASE_TTL_S=10`);
   the Redis URL also comes from plain `REDIS_URL`.
-Secrets (SASL password, a password inside the Redis URL) never appear in `repr` or `str`.
+Secrets (SASL password, a password inside the Redis URL) never appear in `repr`, `str`,
+`model_dump()` or `model_dump_json()`: `redis_url` stays a plain string for `Redis.from_url`, and
+every serialisation masks its password (a dump is for display; pass the object itself around).
+An `ALPHA_*` variable that names no setting is logged as a warning with the closest known name.
 """
 
 from __future__ import annotations
@@ -21,17 +24,20 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from alpha_streaming._env_check import warn_unknown_env
 from alpha_streaming._errors import ConfigError
 
 __all__ = (
     "MAX_OUTAGE_PAUSE_S",
     "ConsumerSettings",
     "DedupSettings",
+    "LogSettings",
     "MetricsSettings",
     "RedpandaSettings",
     "RetrySettings",
@@ -41,6 +47,8 @@ __all__ = (
 
 DEFAULT_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# Local-only unless asked: /metrics and /health expose topic names and consumer groups.
+DEFAULT_LISTEN_HOST = "127.0.0.1"
 
 
 def mask_url(url: str) -> str:
@@ -83,6 +91,7 @@ class _Settings(BaseSettings):
             super().__init__(**values)
         except (ValidationError, SettingsError) as exc:
             raise _config_error(type(self).__name__, exc) from None
+        warn_unknown_env(RedpandaSettings, Settings)
 
 
 class _Section(BaseModel):
@@ -119,6 +128,8 @@ class RedpandaSettings(_Settings):
     linger_ms: int = Field(default=5, ge=0)
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
     max_batch_size: int = Field(default=65536, gt=0)
+    max_request_size: int = Field(default=1_048_576, gt=0)
+    """Largest request the producer sends (bytes); raise it with the broker's `message.max.bytes`."""
     request_timeout_ms: int = Field(default=30000, gt=0)
 
     @field_validator("bootstrap_servers", mode="before")
@@ -201,11 +212,11 @@ class RetrySettings(_Section):
 class ConsumerSettings(_Section):
     """How the builder's subscribers poll and commit (aiokafka's defaults unless set).
 
-    `commit_every` > 1 coalesces offset commits (flushed after that many outcomes, after
-    `commit_interval_s`, before any seek, right after a dead-letter write, on partition revoke
-    and on shutdown). It needs dedup: records whose commit was pending when a process died come
-    again and are skipped as done. The default "auto" is 100 with dedup and 1 (a commit per
-    message) without it; an explicit number > 1 without dedup is refused (`EnhancedTier`).
+    Offsets are committed in the background after `commit_every` outcomes or `commit_interval_s`
+    ("auto" = 100), and awaited before any seek, after a dead-letter write, on partition revoke
+    and at shutdown; never past a record still in flight. A process that dies repeats what
+    finished since the last commit: with dedup those records are skipped as done, without it they
+    run again (Kafka's at-least-once). `commit_every=1` awaits a commit per message instead.
     """
 
     max_poll_interval_ms: int = Field(default=300_000, gt=0)
@@ -226,8 +237,26 @@ class ConsumerSettings(_Section):
 
 
 class MetricsSettings(_Section):
+    """OpenTelemetry metrics; `prometheus_port` serves `/metrics` on `prometheus_host`."""
+
     enabled: bool = True
     prometheus_port: int | None = Field(default=None, ge=0, le=65535)
+    prometheus_host: str = DEFAULT_LISTEN_HOST
+
+
+class LogSettings(_Section):
+    """How the project's loggers write (`alpha_streaming.configure_logging`).
+
+    `format`: "text" (one line, no colour codes) or "json"
+    (one object per line). `configure=False` leaves logging to the application's own setup.
+    `access_level`: the level of FastStream's two access lines per message in builder-made
+    services ("Received", "Processed"); DEBUG keeps them off the hot path unless asked for.
+    """
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    configure: bool = True
+    access_level: Literal["DEBUG", "INFO"] = "DEBUG"
 
 
 class Settings(_Settings):
@@ -241,10 +270,13 @@ class Settings(_Settings):
         default=DEFAULT_REDIS_URL,
         validation_alias=AliasChoices("redis_url", "ALPHA_REDIS_URL", "REDIS_URL"),
     )
+    redis_cluster: bool = False
+    """`redis_url` names one node of a Redis Cluster (`redis_client` discovers the others)."""
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
 
     @field_validator("redis_url")
     @classmethod
@@ -254,6 +286,10 @@ class Settings(_Settings):
                 f"redis_url must start with redis://, rediss:// or unix://, got {mask_url(value)!r}"
             )
         return value
+
+    @field_serializer("redis_url")
+    def _masked_redis_url(self, value: str) -> str:
+        return mask_url(value)
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():

@@ -6,15 +6,20 @@ Runs are interleaved (variant A, B, C, A, B, C, ...) and the median of the repet
 
 Variants, each in single-message and batch mode:
 - `plain`: no middlewares, FastStream's Kafka default ACK_FIRST (aiokafka auto-commit every 5 s;
-  neither at-least-once nor at-most-once). The baseline the targets are stated against.
+  neither at-least-once nor at-most-once); the handler takes the body only. The baseline the
+  targets are stated against.
 - `plain+commit`: no middlewares, MANUAL with an explicit offset commit per message (per batch
-  in batch mode): the cost of at-least-once alone, without any middleware.
+  in batch mode): the cost of at-least-once alone, without any middleware. Its handler takes
+  `KafkaMessage` to commit, which FastStream resolves in a worker thread (bench/README.md).
 - `enhanced`: the enhanced tier as a decorator user wires it, `EnhancedTier(...)`,
-  `tier.broker(...)` and `tier.install(app)` (metrics + spans on an SDK tracer provider that
-  exports nowhere, error routing with its commits, envelope validation, Redis dedup; MANUAL, the
-  revoke listener on the subscriber), one commit per message (batch):
-  `ConsumerSettings(commit_every=1)`.
-- `enhanced+coalesced`: the same tier with `commit_every=100` (the default with dedup, "auto").
+  `tier.broker(...)` and `tier.install(app)` (metrics, error routing with its commits, envelope
+  validation, Redis dedup; MANUAL, the revoke listener on the subscriber; no tracer provider
+  configured, as by default), one awaited commit per message (batch): `commit_every=1`.
+- `enhanced+coalesced`: the same tier with its default, `commit_every="auto"` (100 outcomes or
+  0.5 s per background commit).
+
+Single-message runs read `SINGLE_MESSAGES` records, except the two variants bound by a commit
+per message (~120 msg/s on Kafka 4), which read `COMMIT_EACH_MESSAGES` to keep the bench short.
 
 Every variant runs inside a `FastStream` app (`app.start()` / `app.stop()`); the app's hooks
 (the tier's startup checks, drain and close) run outside the measured span.
@@ -28,10 +33,11 @@ pyinstrument with the awaited time of consumer commits and Redis commands measur
 single-message mode an explicit commit per message costs ~7-8 ms on Kafka 4.x, because the
 broker's group coordinator lingers `group.coordinator.append.linger.ms` (default 5 ms) before
 appending offsets; that alone caps at-least-once single-message consumption near 120 msg/s per
-consumer, whatever the middlewares do (`plain, MANUAL + commit` shows it without them). Commit
-coalescing (`enhanced+coalesced`; safe because the done marker is in Redis before the commit)
-removes that cap; bench/README.md ("enhanced: what bounds single-message mode") says what is
-left. `python -m bench.enhanced --coalesced` profiles that configuration.
+consumer, whatever the middlewares do (`plain, MANUAL + commit` shows it without them). The
+tier's default commits in the background by low-water mark (`enhanced+coalesced`), off the
+message's path; bench/README.md ("Issue 12") says what is left. `python -m bench.enhanced
+--coalesced` profiles that configuration; `--bare N` (with `--plain` for the baseline) runs it N
+times without a profiler inside, for py-spy.
 """
 
 from __future__ import annotations
@@ -41,14 +47,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
-from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel
 
 from alpha_streaming import ConsumerSettings, EventEnvelope, RedpandaSettings, make_broker
@@ -59,12 +64,14 @@ SINGLE, BATCH = "single", "batch"
 PLAIN, PLAIN_COMMIT, ENHANCED, COALESCED = "plain", "plain+commit", "enhanced", "enhanced+coalesced"
 VARIANTS = (PLAIN, PLAIN_COMMIT, ENHANCED, COALESCED)
 STACKED = (ENHANCED, COALESCED)
-COMMIT_EVERY = {ENHANCED: 1, COALESCED: 100}
+COMMIT_EVERY: dict[str, int | Literal["auto"]] = {ENHANCED: 1, COALESCED: "auto"}
 TARGETS = {SINGLE: 0.5, BATCH: 0.7}
 PARTITIONS = 3
-# Single-message runs with a commit per message go at ~130 msg/s on a Kafka 4 broker (see the
-# module docstring), so they get fewer messages than batch runs to keep the whole bench short.
-SINGLE_MESSAGES = 3_000
+# Enough for a run to last ~1 s at the baseline's rate (first-to-last edge effects stay small).
+SINGLE_MESSAGES = 10_000
+# A commit per message goes at ~120 msg/s on a Kafka 4 broker: fewer messages for those two.
+COMMIT_EACH_MESSAGES = 1_000
+COMMIT_EACH = (PLAIN_COMMIT, ENHANCED)
 BATCH_MESSAGES = 20_000
 BATCH_MAX_RECORDS = 500
 RUN_TIMEOUT_S = 120.0
@@ -159,13 +166,19 @@ def _subscribe(broker: KafkaBroker, topic: str, variant: str, mode: str, clock: 
             clock.start()
             clock.finish(len(fills))
 
+    elif mode == SINGLE and variant == PLAIN:
+
+        @subscriber
+        async def plain_one(body: dict[str, Any]) -> None:
+            clock.start()
+            clock.finish(1)
+
     elif mode == SINGLE:
 
         @subscriber
-        async def plain_one(body: dict[str, Any], msg: KafkaMessage) -> None:
+        async def plain_one_commit(body: dict[str, Any], msg: KafkaMessage) -> None:
             clock.start()
-            if variant == PLAIN_COMMIT:
-                await _commit(msg)
+            await _commit(msg)
             clock.finish(1)
 
     else:
@@ -189,7 +202,6 @@ async def measure(
             "bench",
             redis=redis,
             dedup_namespace=f"bench-{uuid.uuid4().hex[:8]}",  # nothing seen yet
-            tracer_provider=TracerProvider(),  # spans are recorded, exported nowhere
             consumer=ConsumerSettings(commit_every=COMMIT_EVERY[variant]),
         )
         broker = tier.broker(config, logger=None)
@@ -215,8 +227,12 @@ VARIANT_NAMES = {
     PLAIN: "plain, ACK_FIRST (auto-commit)",
     PLAIN_COMMIT: "plain, MANUAL + commit",
     ENHANCED: "enhanced tier, commit each",
-    COALESCED: "enhanced tier, commit_every=100",
+    COALESCED: "enhanced tier, default (background commits)",
 }
+
+
+def count_for(variant: str, mode: str, count: int) -> int:
+    return min(count, COMMIT_EACH_MESSAGES) if mode == SINGLE and variant in COMMIT_EACH else count
 
 
 async def run(args: argparse.Namespace) -> list[Row]:
@@ -234,9 +250,12 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 for row, variant in zip(mode_rows, VARIANTS, strict=True):
                     if variant in STACKED:
                         row.note = f"target >= {TARGETS[mode]}x plain"
+                    if mode == SINGLE and variant in COMMIT_EACH:
+                        row.note = f"{count_for(variant, mode, counts[mode]):,} msgs; {row.note}".rstrip("; ")
 
                 def measuring(variant: str, mode: str = mode) -> Callable[[], Awaitable[float]]:
-                    return lambda: measure(variant, mode, topic, counts[mode], args.bootstrap, redis)
+                    count = count_for(variant, mode, counts[mode])
+                    return lambda: measure(variant, mode, topic, count, args.bootstrap, redis)
 
                 await interleaved(
                     args.runs, [(row, measuring(v)) for row, v in zip(mode_rows, VARIANTS, strict=True)]
@@ -245,7 +264,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
     finally:
         await redis.aclose()
     for row in rows:
-        if row.note:
+        if "target" in row.note:
             base = next(r for r in rows if r.case == row.case and r.baseline).median
             ratio = row.median / base
             target = TARGETS[SINGLE if "single" in row.case else BATCH]
@@ -253,130 +272,17 @@ async def run(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-# --- profile: `python -m bench.enhanced` -------------------------------------------------------
-
-CATEGORIES = (
-    ("kafka commit (awaited)", "commit"),
-    ("redis (awaited)", "redis"),
-)
-LIBRARIES = (
-    ("/redis/", "redis-py (client CPU)"),
-    ("/aiokafka/", "aiokafka (fetch, commit CPU)"),
-    ("/opentelemetry/", "opentelemetry (spans, metrics)"),
-    ("/pydantic", "pydantic + JSON (envelope, payload)"),
-    ("/json/", "pydantic + JSON (envelope, payload)"),
-    ("alpha_streaming/", "pydantic + JSON (envelope, payload)"),
-    ("/middlewares/", "our middlewares (own code)"),
-    ("/fast_depends/", "faststream + fast_depends"),
-    ("/faststream/", "faststream + fast_depends"),
-    ("selectors.py", "event loop idle (waiting on sockets)"),
-    ("/asyncio/", "asyncio scheduling"),
-)
-
-
-class _Awaited:
-    """Wall time spent awaiting consumer commits and Redis commands (patched in for the profile)."""
-
-    def __init__(self) -> None:
-        self.seconds = {"commit": 0.0, "redis": 0.0}
-        self.calls = {"commit": 0, "redis": 0}
-
-    def wrap(self, owner: Any, name: str, kind: str) -> Callable[[], None]:
-        original = getattr(owner, name)
-
-        async def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return await original(*args, **kwargs)
-            finally:
-                self.seconds[kind] += time.perf_counter() - started
-                self.calls[kind] += 1
-
-        setattr(owner, name, timed)
-        return lambda: setattr(owner, name, original)
-
-
-def _library_shares(session: Any) -> dict[str, float]:
-    shares: dict[str, float] = {}
-    for stack, seconds in session.frame_records:
-        label = "other"
-        for frame in reversed(stack):
-            path = frame.split("\x00")[1] if "\x00" in frame else ""
-            found = next((name for marker, name in LIBRARIES if marker in path), None)
-            if found is not None:
-                label = found
-                break
-        shares[label] = shares.get(label, 0.0) + seconds
-    return shares
-
-
-async def profile(bootstrap: str, redis_url: str, variant: str = ENHANCED) -> None:
-    """One run of `variant` per mode under pyinstrument, with commit and Redis waits timed."""
-    from aiokafka import AIOKafkaConsumer
-    from pyinstrument import Profiler
-    from redis.asyncio import Redis
-
-    redis = aioredis.Redis.from_url(redis_url)
-    try:
-        async with topics(bootstrap, partitions=PARTITIONS) as new_topic:
-            topic = await new_topic("enhanced-profile")
-            await prefill(bootstrap, topic, BATCH_MESSAGES)
-            for mode, count in ((SINGLE, SINGLE_MESSAGES), (BATCH, BATCH_MESSAGES)):
-                awaited = _Awaited()
-                restore = [
-                    awaited.wrap(AIOKafkaConsumer, "commit", "commit"),
-                    awaited.wrap(Redis, "execute_command", "redis"),
-                ]
-                profiler = Profiler(interval=0.001, async_mode="disabled")
-                try:
-                    rate = await measure(variant, mode, topic, count, bootstrap, redis, profiler=profiler)
-                finally:
-                    for undo in restore:
-                        undo()
-                per_msg_ms = 1000 / rate
-                name = VARIANT_NAMES[variant]
-                print(f"\n[{mode}] {name}, profiled: {rate:,.0f} msg/s = {per_msg_ms:.3f} ms/msg")
-                for label, kind in CATEGORIES:
-                    seconds, calls = awaited.seconds[kind], awaited.calls[kind]
-                    print(
-                        f"  {label:<38} {seconds * 1000 / count:8.3f} ms/msg"
-                        f"  ({calls:,} calls, {seconds * 1000 / max(calls, 1):.3f} ms each)"
-                    )
-                session = profiler.last_session
-                total = session.duration
-                print(
-                    f"  sampled wall time by innermost library ({total:.1f} s, profiler overhead included):"
-                )
-                for label, seconds in sorted(_library_shares(session).items(), key=lambda kv: -kv[1]):
-                    print(
-                        f"    {label:<38} {100 * seconds / total:5.1f}% {seconds * 1000 / count:7.3f} ms/msg"
-                    )
-    finally:
-        await redis.aclose()
-
-
-async def bare(bootstrap: str, redis_url: str, variant: str, runs: int) -> None:
-    """`runs` single-message runs of `variant`, no profiler inside: for an outside sampler (py-spy)."""
-    redis = aioredis.Redis.from_url(redis_url)
-    try:
-        async with topics(bootstrap, partitions=PARTITIONS) as new_topic:
-            topic = await new_topic("enhanced-bare")
-            await prefill(bootstrap, topic, SINGLE_MESSAGES)
-            for _ in range(runs):
-                rate = await measure(variant, SINGLE, topic, SINGLE_MESSAGES, bootstrap, redis)
-                print(f"[single] {VARIANT_NAMES[variant]}: {rate:,.0f} msg/s")
-    finally:
-        await redis.aclose()
-
-
 if __name__ == "__main__":
     import os
 
     cli = argparse.ArgumentParser(description="Profile the enhanced stack (pyinstrument).")
-    cli.add_argument("--coalesced", action="store_true", help="commit_every=100 instead of 1")
+    cli.add_argument("--coalesced", action="store_true", help="the default commits instead of commit_every=1")
+    cli.add_argument("--plain", action="store_true", help="the baseline (with --bare)")
     cli.add_argument("--bare", type=int, metavar="RUNS", help="no pyinstrument: RUNS single-message runs")
     options = cli.parse_args()
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    chosen = COALESCED if options.coalesced else ENHANCED
+    chosen = PLAIN if options.plain else COALESCED if options.coalesced else ENHANCED
+    from bench._enhanced_profile import bare, profile
+
     asyncio.run(bare(servers, url, chosen, options.bare) if options.bare else profile(servers, url, chosen))

@@ -72,7 +72,11 @@ async def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
-    print(f"{service.name} consuming {', '.join(service.topics)}; Ctrl-C to stop", flush=True)
+    print(
+        f"{service.name} consuming {', '.join(service.consumed_topics)}, "
+        f"producing to {', '.join(service.produced_topics)}; Ctrl-C to stop",
+        flush=True,
+    )
     try:
         await stop.wait()
     finally:

@@ -1,7 +1,7 @@
 """Decorator-style FastStream subscribers on the enhanced tier.
 
     faststream run examples.decorator_app:app          # against the local stack
-    faststream docs gen examples.decorator_app:app     # AsyncAPI, with the envelope schema
+    faststream docs gen examples.decorator_app:app     # AsyncAPI: envelopes, x-event-* headers, .dlq
 
 A position keeper: it consumes `{broker}.orders.filled` and publishes the updated position to
 `{broker}.positions.updated`. Two lines wire the enhanced tier (metrics, error routing, envelope,
@@ -21,16 +21,16 @@ from decimal import Decimal
 
 from faststream import FastStream
 from faststream.kafka import KafkaResponse, Topic
-from faststream.specification import AsyncAPI
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from alpha_streaming import (
-    EventEnvelope,
+    EnvelopeAsyncAPI,
     Settings,
     TopicMap,
     bootstrap_specs,
     broker_admin,
+    configure_logging,
     connected_broker,
     ensure_topics,
 )
@@ -41,6 +41,7 @@ __all__ = ("FILLS", "POSITIONS", "PositionUpdated", "app", "broker", "positions"
 
 SERVICE = "position-keeper"
 settings = Settings()
+configure_logging(settings.log)  # time, level, logger and message ids on every line; ALPHA_LOG__FORMAT=json
 topics = TopicMap(os.environ.get("EXAMPLE_BROKER", "paper"))
 FILLS = topics.orders_filled
 POSITIONS = topics.topic("positions", "updated")
@@ -51,7 +52,7 @@ broker = tier.broker(settings.redpanda)
 app = tier.install(
     FastStream(
         broker,
-        specification=AsyncAPI(
+        specification=EnvelopeAsyncAPI(
             title="position-keeper", description="Positions from order fills (alpha-streaming)"
         ),
     )
@@ -73,7 +74,7 @@ positions: dict[tuple[str, str], Decimal] = {}
     group_id=settings.redpanda.group_id("position-keeper.fills"),
     auto_offset_reset="earliest",
 )
-@broker.publisher(POSITIONS, schema=EventEnvelope, title=f"{POSITIONS}:{SERVICE}")
+@broker.publisher(POSITIONS, schema=PositionUpdated, title=f"{POSITIONS}:{SERVICE}")
 async def on_fill(fill: OrderFilled, envelope: CurrentEnvelope, where: CurrentBrokerContext) -> KafkaResponse:
     """Apply a fill to the strategy's position; the return value is published as a child event."""
     signed = fill.quantity if fill.side is Side.BUY else -fill.quantity

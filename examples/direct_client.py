@@ -22,8 +22,11 @@ from alpha_streaming import (
     RedpandaConsumer,
     RedpandaProducer,
     RedpandaSettings,
+    TopicSpec,
+    broker_admin,
+    connected_broker,
+    ensure_topics,
 )
-from examples._topics import ensure_topics
 
 __all__ = ("OrderPlaced", "consume", "main", "produce", "run")
 
@@ -73,7 +76,9 @@ async def consume(
 
 
 async def run(config: RedpandaSettings, *, topic: str, group_id: str, count: int) -> list[ConsumedRecord]:
-    await ensure_topics(config, [topic])
+    # Through the library's admin client: the same servers, client id and security as the clients.
+    async with connected_broker(config) as admin:
+        await ensure_topics(broker_admin(admin), [TopicSpec(topic)])
     sent = await produce(config, topic, count)
     return await consume(config, topic, group_id, {envelope.id for envelope in sent})
 

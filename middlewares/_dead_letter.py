@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from traceback import format_exception
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiokafka import AIOKafkaProducer
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from aiokafka.admin import AIOKafkaAdminClient
     from faststream.kafka import KafkaBroker
 
-__all__ = ("DeadLetterSink", "DeadLetterWriter", "DlqWriteError")
+__all__ = ("DeadLetterSink", "DeadLetterWriter", "DlqWriteError", "Failure", "dead_letter_headers")
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,48 @@ class _DlqTopic:
     max_message_bytes: int
 
 
+_CREATED = _DlqTopic(partitions=2**31 - 1, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES + HEADROOM_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a write dead-letters its records: worked out once, shared by every record of it."""
+
+    error: BaseException
+    attempts: int
+    group_id: str | None
+    service: str
+    stacktrace: str
+    failed_at: datetime
+
+    @classmethod
+    def of(cls, error: BaseException, *, attempts: int, group_id: str | None, service: str) -> Failure:
+        return cls(error, attempts, group_id, service, "".join(format_exception(error)), datetime.now(UTC))
+
+
+def dead_letter_headers(
+    record: ConsumerRecord[Any, Any], failure: Failure, topic: _DlqTopic = _CREATED
+) -> tuple[int | None, KafkaHeaderList]:
+    """The partition (None: by key) and headers of `record`'s DLQ copy (key and value are its own);
+    `topic` defaults to a DLQ topic as the writer creates it. Shared with the test kit."""
+    letter = DeadLetter(
+        original_topic=record.topic,
+        original_partition=record.partition,
+        original_offset=record.offset,
+        original_timestamp_ms=record.timestamp,
+        consumer_group=failure.group_id,
+        exception_fqcn=f"{type(failure.error).__module__}.{type(failure.error).__qualname__}",
+        exception_message=str(failure.error),
+        stacktrace=failure.stacktrace,
+        attempts=failure.attempts,
+        service=failure.service,
+        failed_at=failure.failed_at,
+    )
+    headers = _fit(record, [*_original_headers(record), *letter.headers()], topic)
+    # Same partition number as the source when the DLQ has it, so a redrive keeps per-key order.
+    return (record.partition if record.partition < topic.partitions else None), headers
+
+
 class DeadLetterWriter:
     """Writes DLQ records and waits for the broker's acknowledgement of every one of them."""
 
@@ -98,32 +140,14 @@ class DeadLetterWriter:
         group_id: str | None,
     ) -> None:
         """Dead-letter every record; returns only once the broker acknowledged all of them."""
-        stacktrace = "".join(traceback.format_exception(error))
-        failed_at = datetime.now(UTC)
-        fqcn = f"{type(error).__module__}.{type(error).__qualname__}"
+        failure = Failure.of(error, attempts=attempts, group_id=group_id, service=self.service)
         try:
             producer = await self._producer(broker)
             pending = []
             for record in records:
                 target = dlq_topic(record.topic)
                 topic = await self._ensure_topic(broker, record.topic, target)
-                letter = DeadLetter(
-                    original_topic=record.topic,
-                    original_partition=record.partition,
-                    original_offset=record.offset,
-                    original_timestamp_ms=record.timestamp,
-                    consumer_group=group_id,
-                    exception_fqcn=fqcn,
-                    exception_message=str(error),
-                    stacktrace=stacktrace,
-                    attempts=attempts,
-                    service=self.service,
-                    failed_at=failed_at,
-                )
-                headers = _fit(record, [*_original_headers(record), *letter.headers()], topic)
-                # Same partition number as the source when the DLQ has it, so a redrive keeps
-                # per-key order; otherwise the key decides.
-                partition = record.partition if record.partition < topic.partitions else None
+                partition, headers = dead_letter_headers(record, failure, topic)
                 pending.append(
                     await producer.send(
                         target, value=record.value, key=record.key, partition=partition, headers=headers

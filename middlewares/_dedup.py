@@ -1,8 +1,10 @@
 """`DeduplicationMiddleware`: effectively-once handler execution on top of at-least-once Kafka.
 
-One Redis key per event and consumer group, `alpha:dedup:{namespace}:{group}:{event id}` (the
-envelope's id, never FastStream's `message_id`), driven by the Lua scripts in `_lease_scripts`:
-claim takes a lease (or answers "done"), a background task renews it while the handler runs,
+One Redis key per event and consumer group, `alpha:dedup:{<namespace>:<group>}:<event id>` (the
+envelope's id, never FastStream's `message_id`). The braces are a Redis Cluster hash tag: a group's
+keys share one slot, so one script call may cover a batch (`key_prefix(group)` builds it).
+The Lua scripts are in `_lease_scripts`:
+claim takes a lease (or answers "done"), one timer per middleware renews every live lease,
 success (a return, or `AckMessage` once the outputs were acknowledged) turns it into the done
 marker, any other outcome releases it so a retry or a DLQ replay runs again. A duplicate that
 finds the lease held waits up to the lease TTL, then is redelivered rather than run twice.
@@ -32,6 +34,7 @@ from alpha_streaming._envelope import EnvelopeHeaders
 from alpha_streaming._errors import ConfigError, RedeliveryRequested
 from alpha_streaming._settings import DedupSettings
 from middlewares._envelope import ENVELOPES_KEY, group_id_of
+from middlewares._lease_renewal import LeaseRenewer
 from middlewares._lease_scripts import CLAIMED, DONE, register_lease_scripts
 from middlewares._lru import LruTtlSet
 from middlewares._state import MessageState, Outcome, state_of
@@ -42,8 +45,9 @@ if TYPE_CHECKING:
     from faststream._internal.basic_types import AsyncFuncAny
     from faststream._internal.context.repository import ContextRepo
     from faststream.message import StreamMessage
-    from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
+
+    from middlewares._lease_scripts import RedisClient
 
 __all__ = ("DeduplicationMiddleware",)
 
@@ -56,7 +60,7 @@ _OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 class DeduplicationMiddleware:
     """Runs each event's handler once per consumer group, using Redis leases and done markers."""
 
-    def __init__(self, redis: Redis, *, namespace: str, settings: DedupSettings | None = None) -> None:
+    def __init__(self, redis: RedisClient, *, namespace: str, settings: DedupSettings | None = None) -> None:
         if not namespace or ":" in namespace:
             raise ConfigError(f"dedup namespace must be a non-empty name without ':', got {namespace!r}")
         settings = settings if settings is not None else DedupSettings()
@@ -70,17 +74,28 @@ class DeduplicationMiddleware:
         self.wait_s = settings.lease_ttl_s
         self.renew_every_s = settings.lease_ttl_s / 3
         self.cache = LruTtlSet(settings.local_cache_size, settings.done_ttl_s)
-        self.claim, self.mark_done, self.release, self.renew = register_lease_scripts(redis)
+        self.claim, self.mark_done, self.release, renew = register_lease_scripts(redis)
+        lease_ms = self.lease_ms
+        self.leases = LeaseRenewer(
+            lambda keys, owner: renew(keys, [owner, lease_ms]), every_s=self.renew_every_s
+        )
         self._prefixes: dict[str | None, str] = {}
 
     def key_prefix(self, group_id: str | None) -> str:
         prefix = self._prefixes.get(group_id)
         if prefix is None:
-            prefix = self._prefixes[group_id] = f"{KEY_PREFIX}:{self.namespace}:{group_id or '-'}:"
+            # `{namespace:group}` is a Redis Cluster hash tag: every key of one consumer group is in
+            # one slot, so a script call over a batch of them is allowed on a cluster.
+            tag = f"{{{self.namespace}:{group_id or '-'}}}"
+            prefix = self._prefixes[group_id] = f"{KEY_PREFIX}:{tag}:"
         return prefix
 
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> BaseMiddleware[Any, Any]:
         return _DedupRuntime(msg, context=context, config=self)
+
+    async def close(self) -> None:
+        """Stop renewing leases (after the broker stopped; a renewal under way finishes first)."""
+        await self.leases.close()
 
     def __repr__(self) -> str:
         return (
@@ -184,20 +199,21 @@ class _DedupRuntime(BaseMiddleware[Any, Any]):
     async def _run(
         self, call_next: AsyncFuncAny, msg: StreamMessage[Any], keys: list[str], state: MessageState
     ) -> Any:
-        renewer = asyncio.create_task(self._renew_forever(keys))
+        leases = self._config.leases
+        leases.hold(self._owner, keys)
         try:
             result = await call_next(msg)
         except AckMessage:
             # The handler finished (its own `AckMessage`, or `OutputsMiddleware` after the
             # returned event was acknowledged): done, like a return.
-            renewer.cancel()
+            leases.drop(self._owner)
             await self._mark_done(keys, state)
             raise
         except BaseException:
-            renewer.cancel()
+            leases.drop(self._owner)
             await self._release_quietly(keys)
             raise
-        renewer.cancel()
+        leases.drop(self._owner)
         await self._mark_done(keys, state)
         return result
 
@@ -214,15 +230,6 @@ class _DedupRuntime(BaseMiddleware[Any, Any]):
         else:
             for key in keys:
                 config.cache.add(key)
-
-    async def _renew_forever(self, keys: list[str]) -> None:
-        config = self._config
-        while True:
-            await asyncio.sleep(config.renew_every_s)
-            try:
-                await config.renew(keys, [self._owner, config.lease_ms])
-            except _OUTAGE_ERRORS as exc:
-                log.warning("dedup: lease renewal failed (%s); retrying", exc)
 
     async def _release_quietly(self, keys: Sequence[str]) -> None:
         if not keys:
@@ -271,7 +278,7 @@ def _batch_ids(state: MessageState) -> list[str]:
 
 
 def _narrow_batch(msg: StreamMessage[Any], state: MessageState, keep: list[int]) -> None:
-    """Hand the handler only the events not seen before (the envelope decoder reads `msg.body`)."""
+    """Hand the handler only the events not seen before (the envelope decoder reads the envelopes)."""
     bodies: list[Any] = msg.body  # type: ignore[assignment]  # a batch body is a list
     msg.body = [bodies[i] for i in keep]
     if len(msg.batch_headers) == len(bodies):

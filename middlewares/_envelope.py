@@ -1,9 +1,10 @@
 """`EnvelopeMiddleware`: every event on the wire is an `EventEnvelope`; handlers see the payload.
 
-Consume: the ORIGINAL record bytes (`raw_message.value`, never the possibly rewritten
-`msg.body`, so an in-process retry sees the same input) are validated as an envelope; an
-invalid one raises `EnvelopeError`, a permanent error that error routing dead-letters. The
-handler then receives `envelope.data`, so `async def h(order: OrderFilled)` validates the
+Consume: the record bytes (`raw_message.value`, so an in-process retry sees the same input)
+are validated as an envelope; an invalid one raises `EnvelopeError`, a permanent error that
+error routing dead-letters. The handler then receives `envelope.data`, the dict validation
+already produced (the message's decoder returns it: nothing is serialised or parsed again, and
+`msg.body` stays the record's bytes), so `async def h(order: OrderFilled)` validates the
 payload with pydantic (a payload that does not fit raises pydantic's `ValidationError`,
 permanent too). The envelope and a `BrokerContext` are injectable (`CurrentEnvelope`,
 `CurrentBrokerContext`) for the call only, and `lineage.processing_event(envelope)` is active,
@@ -37,7 +38,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Annotated, Any
 
 import pydantic_core
-from faststream import BaseMiddleware, Context
+from faststream import BaseMiddleware
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import BaseModel
@@ -47,6 +48,7 @@ from alpha_streaming import _serialization as serialization
 from alpha_streaming._envelope import EnvelopeHeaders, EventEnvelope
 from alpha_streaming._errors import ConfigError, EnvelopeError
 from alpha_streaming._topics import BrokerContext, broker_from_topic
+from middlewares._loop_context import LoopContext
 from middlewares._state import state_of
 
 if TYPE_CHECKING:
@@ -70,11 +72,12 @@ ENVELOPE_KEY = "alpha_envelope"
 ENVELOPES_KEY = "alpha_envelopes"
 BROKER_CONTEXT_KEY = "alpha_broker_context"
 
-CurrentEnvelope = Annotated[EventEnvelope, Context(ENVELOPE_KEY)]
+
+CurrentEnvelope = Annotated[EventEnvelope, LoopContext(ENVELOPE_KEY)]
 """The envelope of the event being handled (single-message subscribers)."""
-CurrentEnvelopes = Annotated[tuple[EventEnvelope, ...], Context(ENVELOPES_KEY)]
+CurrentEnvelopes = Annotated[tuple[EventEnvelope, ...], LoopContext(ENVELOPES_KEY)]
 """The envelopes of a batch, aligned with the list of payloads the handler receives."""
-CurrentBrokerContext = Annotated[BrokerContext, Context(BROKER_CONTEXT_KEY)]
+CurrentBrokerContext = Annotated[BrokerContext, LoopContext(BROKER_CONTEXT_KEY)]
 """Where the event came from: broker namespace, topic, partition, offset, consumer group."""
 
 JSON = "application/json"
@@ -86,11 +89,17 @@ def group_id_of(context: ContextRepo) -> str | None:
     return getattr(context.get_local("handler_"), "group_id", None) or None
 
 
+async def _decode_payload(msg: StreamMessage[Any]) -> Any:
+    """The decoder of an unwrapped message: the payload validated with its envelope."""
+    envelope = state_of(msg).envelope
+    assert envelope is not None
+    return envelope.data
+
+
 async def _decode_batch(msg: StreamMessage[Any]) -> list[Any]:
-    # FastStream's batch decoder reads `raw_message` (the envelopes); the handler wants the
-    # payloads in `msg.body`, which the dedup middleware may have narrowed to the new events.
-    bodies: list[bytes] = msg.body  # type: ignore[assignment]  # a batch body is a list
-    return [serialization.loads(body) for body in bodies]
+    # The payloads of the batch's envelopes, which the dedup middleware may have narrowed to the
+    # events not seen before.
+    return [envelope.data for envelope in state_of(msg).batch_envelopes]
 
 
 class EnvelopeMiddleware:
@@ -129,9 +138,8 @@ class _EnvelopeRuntime(BaseMiddleware[Any, Any]):
         state = state_of(msg)
         state.envelope = envelope
         state.broker_context = where
-        msg.body = serialization.dumps(envelope.data)
-        msg.content_type = JSON
-        msg.clear_cache()
+        msg.set_decoder(_decode_payload)
+        msg.clear_cache()  # a retry hands out this attempt's payload, not the previous one's
         with (
             self.context.scopes(((ENVELOPE_KEY, envelope), (BROKER_CONTEXT_KEY, where))),
             lineage.processing_event(envelope) as run,
@@ -157,8 +165,6 @@ class _EnvelopeRuntime(BaseMiddleware[Any, Any]):
         state.batch_envelopes = batch
         state.envelope = batch[0] if len(batch) == 1 else None
         state.broker_context = where
-        msg.body = [serialization.dumps(envelope.data) for envelope in batch]
-        msg.content_type = JSON
         msg.set_decoder(_decode_batch)
         msg.clear_cache()
         with ExitStack() as stack:

@@ -12,15 +12,13 @@ It owns delivery for enhanced subscribers (which run with `AckPolicy.MANUAL`):
   committed; after `policy.redelivery_delay_s` the consumer seeks back to the record, so it
   comes again (no hot loop, never dropped).
 
-Commits carry explicit offsets (`{TopicPartition: offset + 1}`; a batch commits the highest
-offset + 1 per partition). They happen in `after_processed`, after every output of the message
-was acknowledged (`OutputsMiddleware`) and dedup wrote its done marker. Every
-outcome is committed before the consumer moves on with `commit_every=1`: one broker round trip
-per message (7-10 ms on a local Kafka 4.1, whose group coordinator lingers before appending).
-`commit_every=N` coalesces them (see `CommitWindow`; `EnhancedTier` makes it the default with
-dedup, which is what makes it safe): flushed after N outcomes, after `commit_interval_s`, before
-any seek, right after a dead-letter write, from `drain()` (before the broker stops) and `close()`,
-and for the revoked partitions on a rebalance (the listener `EnhancedTier.install` gives each subscriber).
+Commits carry explicit offsets: per partition the low-water mark (`_low_water.CommitWindow`),
+never past a record in flight or sought back to. A record is finished in `after_processed`, after
+every output was acknowledged (`OutputsMiddleware`) and dedup wrote its done marker; the commit
+goes out in the background after `commit_every` outcomes or `commit_interval_s` (`commit_every=1`:
+awaited per message, 7-10 ms on Kafka 4.1). It is awaited before any seek, after a dead-letter
+write, from `drain()` and `close()`, and for the partitions a rebalance revokes (the listener
+`EnhancedTier.install` gives each subscriber).
 
 Batch subscribers: the batch is retried as a unit; when its budget is spent every record of it
 is dead-lettered with its own original bytes (the handler gave no per-record verdict, and the
@@ -41,7 +39,7 @@ from faststream.message import SourceType
 from faststream.middlewares import AckPolicy
 
 from alpha_streaming._errors import ConfigError, RedeliveryRequested
-from middlewares._committer import Commits
+from middlewares._committer import Claim, Commits
 from middlewares._dead_letter import DeadLetterSink, DeadLetterWriter
 from middlewares._header_escape import escape_unreadable_headers, restore_original_headers
 from middlewares._metrics import RAW_OUTCOME_ATTRIBUTE
@@ -68,14 +66,7 @@ _REJECTED = Budget(max_attempts=1)
 class ErrorRoutingMiddleware:
     """Retries failed messages by policy, dead-letters the hopeless ones, commits every outcome."""
 
-    __slots__ = (
-        "commit_every",
-        "commit_interval_s",
-        "commits",
-        "dead_letter",
-        "policy",
-        "service",
-    )
+    __slots__ = ("commit_every", "commit_interval_s", "commits", "dead_letter", "policy", "service")
 
     def __init__(
         self,
@@ -86,8 +77,8 @@ class ErrorRoutingMiddleware:
         commit_every: int = 1,
         commit_interval_s: float = 0.5,
     ) -> None:
-        """`commit_every` > 1 coalesces commits (flushed after that many outcomes, after
-        `commit_interval_s`, before any seek and on `close()`); only safe together with dedup."""
+        """`commit_every` > 1 commits in the background after that many outcomes or `commit_interval_s`
+        (`EnhancedTier`'s default: a crash repeats what finished since); 1 awaits each commit."""
         if not service:
             raise ConfigError(
                 "ErrorRoutingMiddleware(service=...) needs the service name, got an empty string"
@@ -112,7 +103,7 @@ class ErrorRoutingMiddleware:
         await self.commits.drain()
 
     async def close(self) -> None:
-        """Flush coalesced commits and release the dead-letter producer; call after the broker stopped."""
+        """Commit the finished work and release the dead-letter producer; call after the broker stopped."""
         await self.commits.close()
         await self.dead_letter.close()
 
@@ -125,13 +116,14 @@ class ErrorRoutingMiddleware:
 
 
 class _ErrorRouting(BaseMiddleware[Any, Any]):
-    __slots__ = ("_commit", "_config", "_consumer", "_flush", "_records", "_suppress")
+    __slots__ = ("_claim", "_commit", "_config", "_consumer", "_flush", "_records", "_suppress")
 
     def __init__(self, msg: Any, /, *, context: ContextRepo, config: ErrorRoutingMiddleware) -> None:
         super().__init__(msg, context=context)
         self._config = config
         self._records: tuple[ConsumerRecord[Any, Any], ...] = ()
         self._consumer: Any = None
+        self._claim: Claim | None = None
         self._commit = False
         self._suppress = False
         # A dead-lettered outcome is committed at once: nothing else is waiting for it.
@@ -149,6 +141,7 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
         raw = msg.raw_message
         self._records = tuple(raw) if isinstance(raw, list | tuple) else (raw,)
         self._consumer = getattr(msg, "consumer", None)
+        self._claim = config.commits.begin(self._consumer, self._records)
         state = state_of(msg)
         policy = config.policy
         attempt = 0
@@ -212,7 +205,9 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
         elif self._commit:
             # The handler succeeded but publishing its result failed: do not commit past it.
             log.error("publishing the result for %s failed; the message will be redelivered", self._where())
-            await self._config.commits.seek_back(self._consumer, self._records)
+            await self._rewind()
+        elif self._claim is not None:
+            await self._rewind()  # ended without an outcome (e.g. cancelled): it is read again
         return ours or None
 
     async def _unparsable(self, exc: Exception) -> bool | None:
@@ -224,6 +219,7 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
             return None
         self._records = records
         self._consumer = getattr(records[0], "consumer", None) or getattr(subscriber, "consumer", None)
+        self._claim = self._config.commits.begin(self._consumer, records)
         # No StreamMessage exists, so no shared state either; parsing cannot succeed on a retry.
         state = MessageState(attempts=1)
         await self._dead_letter(state, exc, 1)
@@ -236,7 +232,7 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
 
     async def _commit_quietly(self) -> None:
         try:
-            await self._config.commits.commit(self._consumer, self._records, flush=self._flush)
+            await self._config.commits.finish(self._claim, flush=self._flush)
         except Exception as exc:
             # Typically a rebalance took the partition away: its new owner gets the message
             # again, and dedup recognises it as done.
@@ -286,7 +282,11 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
         )
         # The wait keeps a message that cannot be decided from spinning the consumer.
         await policy.sleep(policy.redelivery_delay_s)
-        await self._config.commits.seek_back(self._consumer, self._records)
+        await self._rewind()
+
+    async def _rewind(self) -> None:  # at most once per message: the claim is given up here
+        claim, self._claim = self._claim, None
+        await self._config.commits.rewind(self._consumer, claim, self._records)
 
     def _where(self) -> str:
         first = self._records[0]

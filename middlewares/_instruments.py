@@ -11,7 +11,9 @@ Names (Prometheus shows dots as underscores and adds `_total` / `_seconds`):
 - `alpha.dedup.redis_outage` (counter): messages that met a Redis outage, by `mode` (paused / failed_open).
 - `alpha.message.duration` (histogram, s): consume-to-outcome time, retries and DLQ write included.
 - `alpha.messages.in_flight` (up-down counter): messages being processed now.
-- `alpha.consumer.lag` (gauge): records between the last processed offset and the partition's end.
+- `alpha.consumer.lag` (gauge): records between the last processed offset and the partition's end,
+  for every assigned partition of a watched broker (`LagTracker.watch`); a partition that has
+  processed nothing yet is measured from its consumer's fetch position (0 when idle).
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ class LagTracker:
 
     _positions: dict[tuple[str, str, str, int], _Position] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Brokers (all their subscribers' consumers) or single consumers, by id: each reported once.
+    _watched: dict[int, tuple[str, Any]] = field(default_factory=dict)
+
+    def watch(self, service: str, source: Any) -> None:
+        """Also report the assigned partitions that processed nothing yet of `source`: a broker
+        (every subscriber's consumer, from its start) or one consumer."""
+        with self._lock:
+            self._watched[id(source)] = (service, source)
 
     def advance(
         self, consumer: _Highwater, service: str, topic: str, partition: int, next_offset: int
@@ -68,17 +78,13 @@ class LagTracker:
             if next_offset > position.next_offset:
                 position.next_offset = next_offset
             return
-        attributes: dict[str, str | int] = {
-            "service": service,
-            "topic": topic,
-            "partition": partition,
-            "consumer_group": group,
-            "broker": broker_from_topic(topic),
-        }
+        attributes = _lag_attributes(service, topic, partition, group)
         with self._lock:
             self._positions[key] = _Position(
                 consumer, TopicPartition(topic, partition), next_offset, attributes
             )
+        # Its other partitions too, for apps whose broker nobody passed to `watch`.
+        self.watch(service, consumer)
 
     def observe(self, options: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
@@ -97,6 +103,52 @@ class LagTracker:
                 continue
             if highwater is not None:
                 yield Observation(max(highwater - position.next_offset, 0), position.attributes)
+        yield from self._unprocessed({key for key, _ in positions})
+
+    def _unprocessed(self, reported: set[tuple[str, str, str, int]]) -> Iterable[Observation]:
+        with self._lock:
+            watched = list(self._watched.items())
+        for ident, (service, source) in watched:
+            if getattr(source, "_closed", False):  # a stopped consumer is never used again
+                with self._lock:
+                    self._watched.pop(ident, None)
+                continue
+            for consumer in _consumers(source):
+                group = str(getattr(consumer, "_group_id", None) or "")
+                try:
+                    assigned = consumer.assignment()
+                    states = consumer._subscription.subscription.assignment
+                except Exception:  # stopped, or not an aiokafka consumer (the in-memory test broker)
+                    continue
+                for tp in assigned:
+                    key = (service, group, tp.topic, tp.partition)
+                    state = states.state_value(tp)
+                    highwater = consumer.highwater(tp)
+                    if key in reported or state is None or not state.has_valid_position or highwater is None:
+                        continue
+                    reported.add(key)
+                    attributes = _lag_attributes(service, tp.topic, tp.partition, group)
+                    yield Observation(max(highwater - state.position, 0), attributes)
+
+
+def _consumers(source: Any) -> list[Any]:
+    """The consumers of a broker's subscribers, or `source` itself when it is one consumer."""
+    if not hasattr(source, "subscribers"):
+        return [source]
+    found = [
+        c for sub in source.subscribers for c in getattr(sub, "consumer_subgroup", None) or [sub.consumer]
+    ]
+    return [c for c in found if c is not None]
+
+
+def _lag_attributes(service: str, topic: str, partition: int, group: str) -> dict[str, str | int]:
+    return {
+        "service": service,
+        "topic": topic,
+        "partition": partition,
+        "consumer_group": group,
+        "broker": broker_from_topic(topic),
+    }
 
 
 @dataclass(slots=True)

@@ -5,13 +5,17 @@ One key per event: absent (never seen), an owner token (a lease: in flight), or 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
     from redis.commands.core import AsyncScript
 
-__all__ = ("CLAIMED", "DONE", "HELD", "register_lease_scripts")
+RedisClient: TypeAlias = "Redis | RedisCluster"
+"""One Redis server or a Redis Cluster: dedup keys are hash-tagged per group, one slot per call."""
+
+__all__ = ("CLAIMED", "DONE", "HELD", "RedisClient", "register_lease_scripts")
 
 # What `claim` answers per key: held by another owner, now ours, already done.
 HELD, CLAIMED, DONE = 0, 1, 2
@@ -60,7 +64,7 @@ return 1
 """
 
 
-def register_lease_scripts(redis: Redis) -> tuple[AsyncScript, AsyncScript, AsyncScript, AsyncScript]:
+def register_lease_scripts(redis: RedisClient) -> tuple[AsyncScript, AsyncScript, AsyncScript, AsyncScript]:
     """(claim, mark_done, release, renew), each called as `script(keys, args)`."""
     return (
         redis.register_script(_CLAIM),

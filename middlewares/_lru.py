@@ -50,5 +50,8 @@ class LruTtlSet:
     def discard(self, key: str) -> None:
         self._items.pop(key, None)
 
+    def clear(self) -> None:
+        self._items.clear()
+
     def __len__(self) -> int:
         return len(self._items)

@@ -4,12 +4,15 @@ It is the outermost middleware of the enhanced stack, so it times the whole proc
 (retries and the DLQ write included) and reads the one `Outcome` the inner middlewares
 recorded; each message is therefore counted exactly once (a dead-lettered message is not also
 a failure). Spans come from FastStream's `KafkaTelemetryMiddleware`, composed inside this one
-factory: its producer spans inject `traceparent`, so the consumer span downstream joins the
-same trace. Instrument names and meanings: `middlewares/_instruments.py`.
+factory once a tracer provider is configured (given, or set globally with
+`trace.set_tracer_provider`): its producer spans inject `traceparent`, so the consumer span
+downstream joins the same trace. Without one it is left out: two spans per message that nobody
+records cost ~15 % of a single-message consumer. Instrument names: `middlewares/_instruments.py`.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -22,6 +25,8 @@ from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import Status, StatusCode
 
 from alpha_streaming._errors import ConfigError
+from alpha_streaming._logging import bind_record, unbind_record
+from alpha_streaming._settings import DEFAULT_LISTEN_HOST
 from alpha_streaming._topics import broker_from_topic
 from middlewares import _prometheus
 from middlewares._instruments import Instruments, Series, Tally, instruments_for
@@ -29,6 +34,7 @@ from middlewares._prometheus import MetricSample
 from middlewares._state import MessageState, Outcome, state_of
 
 if TYPE_CHECKING:
+    from contextvars import Token
     from types import TracebackType
 
     from faststream._internal.basic_types import AsyncFuncAny
@@ -39,6 +45,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 __all__ = ("MetricSample", "MetricsMiddleware")
+
+log = logging.getLogger(__name__)
 
 UNROUTED = "unrouted"
 """Outcome label for a message that raised without an `Outcome` (no error routing below us)."""
@@ -62,7 +70,7 @@ class MetricsMiddleware:
         meter_provider: MeterProvider | None = None,
         tracer_provider: TracerProvider | None = None,
         prometheus_port: int | None = None,
-        prometheus_addr: str = "0.0.0.0",
+        prometheus_addr: str = DEFAULT_LISTEN_HOST,
     ) -> None:
         if not service:
             raise ConfigError("MetricsMiddleware(service=...) must name the service, got an empty string")
@@ -76,20 +84,16 @@ class MetricsMiddleware:
         self.service = service
         self._private: _prometheus.PrivateMeters | None = None
         if meter_provider is None:
-            self._private = _prometheus.acquire(prometheus_port, addr=prometheus_addr)
+            self._private = _prometheus.acquire(prometheus_port, addr=prometheus_addr, service=service)
             meter_provider = self._private.provider
         self.meter_provider: MeterProvider = meter_provider
         self._instruments = instruments_for(meter_provider)
-        # Spans only: its duration histograms and counters repeat what `alpha.*` measures, at a
-        # cost per message, so they record into a no-op meter.
-        self._telemetry = KafkaTelemetryMiddleware(
-            tracer_provider=tracer_provider,
-            meter_provider=NoOpMeterProvider(),
-            include_messages_counters=False,
-        )
+        self._tracer_provider = tracer_provider
+        self._telemetry: KafkaTelemetryMiddleware | None = None
         # Attribute dicts per (topic, label): bounded by subscribed topics x outcomes/error classes.
         self._attributes: dict[tuple[str, str, str], dict[str, str]] = {}
-        self._series: dict[tuple[str, str, str], Series] = {}
+        # Keyed by tally too: two tallies may share an attribute set (no varying label).
+        self._series: dict[tuple[int, str, str, str], Series] = {}
 
     @property
     def prometheus_port(self) -> int | None:
@@ -97,8 +101,24 @@ class MetricsMiddleware:
         return self._private.port if self._private is not None else None
 
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> BaseMiddleware[KafkaPublishCommand, Any]:
-        telemetry = self._telemetry(msg, context=context)
+        spans = self._telemetry or self._spans()
+        telemetry = spans(msg, context=context) if spans is not None else None
         return _MetricsRuntime(msg, context=context, factory=self, telemetry=telemetry)
+
+    def _spans(self) -> KafkaTelemetryMiddleware | None:
+        """FastStream's span middleware, made once a tracer provider is given or set globally."""
+        if self._tracer_provider is None and isinstance(
+            trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+        ):
+            return None
+        # Spans only: its duration histograms and counters repeat what `alpha.*` measures, at a
+        # cost per message, so they record into a no-op meter.
+        self._telemetry = KafkaTelemetryMiddleware(
+            tracer_provider=self._tracer_provider,
+            meter_provider=NoOpMeterProvider(),
+            include_messages_counters=False,
+        )
+        return self._telemetry
 
     def read(self) -> list[MetricSample]:
         """Every current value of the private provider (e.g. for a demo or a report)."""
@@ -115,17 +135,20 @@ class MetricsMiddleware:
             private, self._private = self._private, None
             _prometheus.release(private)
 
-    def attributes(self, topic: str, label: str, key: str) -> dict[str, str]:
+    def attributes(self, topic: str, label: str = "", key: str = "") -> dict[str, str]:
+        """service, topic, broker, plus `key=label` when the label varies (none for a constant)."""
         found = self._attributes.get((key, topic, label))
         if found is None:
-            found = {"service": self.service, "topic": topic, "broker": broker_from_topic(topic), key: label}
+            extra = {key: label} if key else {}
+            found = {"service": self.service, "topic": topic, "broker": broker_from_topic(topic), **extra}
             self._attributes[(key, topic, label)] = found
         return found
 
-    def series(self, tally: Tally, topic: str, label: str, key: str) -> Series:
-        found = self._series.get((key, topic, label))
+    def series(self, tally: Tally, topic: str, label: str = "", key: str = "") -> Series:
+        found = self._series.get((id(tally), key, topic, label))
         if found is None:
-            found = self._series[(key, topic, label)] = tally.series(self.attributes(topic, label, key))
+            found = tally.series(self.attributes(topic, label, key))
+            self._series[(id(tally), key, topic, label)] = found
         return found
 
     @property
@@ -134,7 +157,7 @@ class MetricsMiddleware:
 
 
 class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
-    __slots__ = ("_consumed", "_factory", "_telemetry")
+    __slots__ = ("_consumed", "_factory", "_log_token", "_telemetry")
 
     def __init__(
         self,
@@ -143,19 +166,24 @@ class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
         *,
         context: ContextRepo,
         factory: MetricsMiddleware,
-        telemetry: BaseMiddleware[KafkaPublishCommand, Any],
+        telemetry: BaseMiddleware[KafkaPublishCommand, Any] | None,
     ) -> None:
         super().__init__(msg, context=context)
         self._factory = factory
         self._telemetry = telemetry
         self._consumed = False
+        self._log_token: Token[Any] | None = None
 
     async def on_receive(self) -> None:
-        await self._telemetry.on_receive()
+        self._log_token = bind_record(self.msg)
+        if self._telemetry is not None:
+            await self._telemetry.on_receive()
 
     async def publish_scope(
         self, call_next: Callable[[KafkaPublishCommand], Awaitable[Any]], cmd: KafkaPublishCommand
     ) -> Any:
+        if self._telemetry is None:
+            return await call_next(cmd)
         return await self._telemetry.publish_scope(call_next, cmd)
 
     async def after_processed(
@@ -168,18 +196,22 @@ class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
             # FastStream failed to parse the record (e.g. a header value that is not UTF-8), so
             # no consume_scope ran; count it from the outcome error routing left on the record.
             self._record_unparsed(exc_val)
+        unbind_record(self._log_token)
         # Ends the consumer span, after any handler-result publish (a child of it) is done.
+        if self._telemetry is None:
+            return None
         return await self._telemetry.after_processed(exc_type, exc_val, exc_tb)
 
     async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
         self._consumed = True
         records = _records(msg.raw_message)
+        telemetry = self._telemetry
         if not records:
-            return await self._telemetry.consume_scope(call_next, msg)
+            return await (call_next(msg) if telemetry is None else telemetry.consume_scope(call_next, msg))
         factory = self._factory
         instruments = factory.instruments
         topic = records[0].topic
-        in_flight = factory.series(instruments.in_flight, topic, "in_flight", "state")
+        in_flight = factory.series(instruments.in_flight, topic)
         in_flight.value += len(records)
         escaped: list[BaseException] = []
 
@@ -200,7 +232,7 @@ class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
 
         started = time.perf_counter()
         try:
-            result = await self._telemetry.consume_scope(inner, msg)
+            result = await (inner(msg) if telemetry is None else telemetry.consume_scope(inner, msg))
         finally:
             in_flight.value -= len(records)
             self._record(msg, records, time.perf_counter() - started, escaped)
@@ -222,6 +254,8 @@ class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
             counts = {}
             for record in records:
                 counts[record.topic] = counts.get(record.topic, 0) + 1
+        if outcome is Outcome.DEDUPLICATED:  # routine: counted as outcome="deduplicated"
+            log.debug("duplicate suppressed: the event is already done or in flight")
         for topic, count in counts.items():
             factory.series(instruments.messages, topic, label, "outcome").value += count
             instruments.duration.record(duration, factory.attributes(topic, label, "outcome"))
@@ -246,7 +280,7 @@ class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
         factory = self._factory
         instruments = factory.instruments
         if state.retries:
-            factory.series(instruments.retries, topic, "retry", "kind").value += state.retries * count
+            factory.series(instruments.retries, topic).value += state.retries * count
         # Failed attempts: every retry followed one; a dead-lettered message also failed its last.
         failed = state.retries + (1 if outcome is Outcome.DEAD_LETTERED else 0)
         if failed and state.error is not None:

@@ -18,6 +18,7 @@ from wsgiref.simple_server import WSGIServer
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from prometheus_client import CollectorRegistry, start_http_server
 
 __all__ = ("MetricSample", "PrivateMeters", "acquire", "release")
@@ -64,15 +65,21 @@ _BY_PORT: dict[int, PrivateMeters] = {}
 _LOCK = threading.Lock()
 
 
-def acquire(port: int | None, *, addr: str = "0.0.0.0") -> PrivateMeters:
-    """A private provider; with `port`, the one serving `/metrics` there (0 = any free port)."""
+def acquire(port: int | None, *, addr: str = "127.0.0.1", service: str = "") -> PrivateMeters:
+    """A private provider; with `port`, the one serving `/metrics` there (0 = any free port).
+
+    Its resource's `service.name` is `service` (Prometheus' `target_info`); services sharing a
+    port share the first one's resource and are told apart by their `service` label.
+    """
+    resource = Resource.create({SERVICE_NAME: service} if service else {})
     if port is None:
         reader = InMemoryMetricReader()
-        return PrivateMeters(MeterProvider(metric_readers=[reader], shutdown_on_exit=False), reader, users=1)
+        provider = MeterProvider(metric_readers=[reader], resource=resource, shutdown_on_exit=False)
+        return PrivateMeters(provider, reader, users=1)
     with _LOCK:
         meters = _BY_PORT.get(port)
         if meters is None:
-            meters = _serve(port, addr)
+            meters = _serve(port, addr, resource)
             # Port 0 asks for any free port: the server is recorded under the port it got, so a
             # middleware asking for that number shares it instead of failing to bind.
             _BY_PORT[meters.port or port] = meters
@@ -97,11 +104,11 @@ def release(meters: PrivateMeters) -> None:
     meters.provider.shutdown()
 
 
-def _serve(port: int, addr: str) -> PrivateMeters:
+def _serve(port: int, addr: str, resource: Resource) -> PrivateMeters:
     registry = CollectorRegistry(auto_describe=False)
     prometheus = PrometheusMetricReader(registry=registry)
     reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[prometheus, reader], shutdown_on_exit=False)
+    provider = MeterProvider(metric_readers=[prometheus, reader], resource=resource, shutdown_on_exit=False)
     try:
         server, thread = start_http_server(port, addr=addr, registry=registry)
     except OSError:

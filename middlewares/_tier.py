@@ -13,8 +13,8 @@ The middlewares, outermost first, in the one order that works:
 
 A decorator user writes two lines — `broker = tier.broker()` and `tier.install(app)` — and the
 rest follows from `install`: at startup every subscriber's ack policy is checked once (it must be
-`AckPolicy.MANUAL`: error routing commits) and each gets the revoke listener that commits coalesced
-offsets before a rebalance moves its partitions; before the broker stops, pending commits are
+`AckPolicy.MANUAL`: error routing commits) and each gets the revoke listener that commits the
+finished work before a rebalance moves its partitions; before the broker stops, pending commits are
 flushed while the consumers are still group members; after it stopped, the DLQ producer and the
 Prometheus endpoint are released. `StreamServiceBuilder` uses the same object.
 """
@@ -32,6 +32,7 @@ from faststream.kafka import KafkaBroker
 from alpha_streaming._broker import make_broker
 from alpha_streaming._errors import ConfigError
 from alpha_streaming._settings import ConsumerSettings, DedupSettings, MetricsSettings, Settings
+from middlewares._committer import COMMIT_EVERY
 from middlewares._dedup import DeduplicationMiddleware
 from middlewares._envelope import EnvelopeMiddleware
 from middlewares._error_routing import ErrorRoutingMiddleware
@@ -42,27 +43,14 @@ from middlewares._retry import RetryPolicy
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
-    from redis.asyncio import Redis
 
     from alpha_streaming._settings import RedpandaSettings
+    from middlewares._lease_scripts import RedisClient
 
-__all__ = ("AUTO_COMMIT_EVERY", "EnhancedTier", "commit_window_problem", "enhanced_stack", "wrong_ack_policy")
+__all__ = ("AUTO_COMMIT_EVERY", "EnhancedTier", "enhanced_stack", "wrong_ack_policy")
 
-# Outcomes per coalesced commit with dedup: a Kafka 4 commit costs ~7 ms, so 100 makes it ~0.07 ms
-# a message (bench/README.md, "enhanced: what bounds single-message mode").
-AUTO_COMMIT_EVERY = 100
-
-
-def commit_window_problem(consumer: ConsumerSettings, *, dedup: bool) -> str | None:
-    """Why `consumer`'s commit window cannot be used, or None. The one place this rule lives."""
-    every = consumer.commit_every
-    if every == "auto" or every == 1 or dedup:
-        return None
-    return (
-        f"commit_every={every} coalesces commits, which is only safe with dedup (a record whose commit "
-        "was pending would run again after a crash): give the tier a Redis client, or set "
-        "ALPHA_CONSUMER__COMMIT_EVERY=1"
-    )
+AUTO_COMMIT_EVERY = COMMIT_EVERY
+"""What `commit_every="auto"` means, with or without dedup (commits go out in the background)."""
 
 
 class EnhancedTier:
@@ -78,7 +66,7 @@ class EnhancedTier:
         service: str,
         *,
         settings: Settings | None = None,
-        redis: Redis | None = None,
+        redis: RedisClient | None = None,
         policy: RetryPolicy | None = None,
         metrics: bool | None = None,
         meter_provider: MeterProvider | None = None,
@@ -95,8 +83,6 @@ class EnhancedTier:
         consumer = consumer or (settings.consumer if settings is not None else ConsumerSettings())
         metric_settings = settings.metrics if settings is not None else MetricsSettings()
         deduplicating = redis is not None and dedup.enabled
-        if (problem := commit_window_problem(consumer, dedup=deduplicating)) is not None:
-            raise ConfigError(problem)
         if policy is None:
             policy = RetryPolicy.from_settings(settings.retry) if settings is not None else RetryPolicy()
         self.metrics: MetricsMiddleware | None = None
@@ -107,12 +93,13 @@ class EnhancedTier:
                 meter_provider=meter_provider,
                 tracer_provider=tracer_provider,
                 prometheus_port=port if meter_provider is None else None,
+                prometheus_addr=metric_settings.prometheus_host,
             )
         every = consumer.commit_every
         self.routing = ErrorRoutingMiddleware(
             policy=policy,
             service=service,
-            commit_every=every if every != "auto" else (AUTO_COMMIT_EVERY if deduplicating else 1),
+            commit_every=every if every != "auto" else AUTO_COMMIT_EVERY,
             commit_interval_s=consumer.commit_interval_s,
         )
         self.dedup: DeduplicationMiddleware | None = None
@@ -167,8 +154,10 @@ class EnhancedTier:
         await self.routing.drain()
 
     async def close(self) -> None:
-        """Final commit, then release the DLQ producer and the metrics endpoint (after the broker stopped)."""
+        """Final commit; release the DLQ producer, lease renewal and metrics (after the broker stopped)."""
         await self.routing.close()
+        if self.dedup is not None:
+            await self.dedup.close()
         if self.metrics is not None:
             self.metrics.shutdown()
 
@@ -197,7 +186,7 @@ class EnhancedTier:
 def enhanced_stack(
     *,
     service: str,
-    redis: Redis | None = None,
+    redis: RedisClient | None = None,
     dedup: DedupSettings | None = None,
     policy: RetryPolicy | None = None,
     metrics: bool = True,
@@ -241,11 +230,12 @@ def wrong_ack_policy(subscriber: Any) -> str | None:
 
 
 class _RevokeListener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Commits the coalesced offsets of the partitions a rebalance takes from a consumer.
+    """Commits the finished work of the partitions a rebalance takes from a consumer.
 
     aiokafka awaits `on_partitions_revoked` before the group reassigns anything and still accepts
-    this member's commits there. A handler still in flight is not waited for: its commit fails
-    afterwards (logged), the new owner reads the record again, and dedup skips it as done.
+    this member's commits there. A handler still in flight is not waited for: the commit stops below
+    it, the new owner reads the record again, and dedup skips it if it was done. A failed commit
+    is logged: the new owner reads from the last commit (records repeated, none lost).
     """
 
     def __init__(self, routing: ErrorRoutingMiddleware) -> None:

@@ -54,7 +54,8 @@ pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 fetch_kafka() {
-  if [[ -f "$KAFKA_LIB/kafka_2.13-$KAFKA_VERSION.jar" ]]; then return; fi
+  # The broker jar, and kafka-tools for operators (kafka-consumer-groups, kafka-metadata-quorum).
+  if [[ -f "$KAFKA_LIB/kafka_2.13-$KAFKA_VERSION.jar" && -f "$KAFKA_LIB/kafka-tools-$KAFKA_VERSION.jar" ]]; then return; fi
   command -v mvn >/dev/null || die "Maven (mvn) is needed to fetch the Kafka jars; install it (apt-get install maven)"
   command -v java >/dev/null || die "Java 17 is needed to run Kafka; install it (apt-get install openjdk-17-jre-headless)"
   say "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central (once)"
@@ -65,10 +66,18 @@ fetch_kafka() {
     org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$tmp"
   [[ -f "$tmp/kafka_2.13-$KAFKA_VERSION.jar" ]] || die "Maven finished but kafka_2.13-$KAFKA_VERSION.jar is missing in $tmp"
-  mv "$tmp" "$KAFKA_LIB"
+  rm -rf "$KAFKA_LIB" && mv "$tmp" "$KAFKA_LIB"
 }
 
 kafka_up() {
+  if [[ "$bootstrap" == *,* ]]; then
+    # A list names a cluster: never start a lone node (another cluster id) on one of its ports.
+    local addr
+    for addr in ${bootstrap//,/ }; do
+      if answers "${addr%:*}" "${addr##*:}"; then say "kafka answers on $addr (cluster $bootstrap, left as it is)"; return; fi
+    done
+    die "no address of $bootstrap answers; start that cluster (the local one: make cluster-up)"
+  fi
   if answers "$KAFKA_HOST" "$KAFKA_PORT"; then
     say "kafka answers on $KAFKA_HOST:$KAFKA_PORT (left as it is)"
     return

@@ -32,6 +32,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from tests.support import RecordingSink, Sleeps, Spy
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+# A built service configures the project's loggers (own handler, no propagation), which would hide
+# their records from pytest's capture for the rest of the session; tests of it opt in explicitly.
+os.environ.setdefault("ALPHA_LOG__CONFIGURE", "false")
 START_HINT = (
     "start the local stack with `make stack-up` (or `scripts/stack.sh up`) and export "
     "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 REDIS_URL=redis://127.0.0.1:6379/0, "

@@ -11,6 +11,7 @@ from types import TracebackType
 
 from aiokafka import errors as ak
 
+from alpha_streaming._broker import describe_error
 from alpha_streaming._errors import ClientStateError, KafkaClientError, UnknownTopicError
 
 __all__ = ("kafka_errors", "translate")
@@ -30,8 +31,13 @@ def translate(exc: BaseException, operation: str, topic: str | None = None) -> E
             f"{where}: the partition is no longer assigned to this consumer (a rebalance moved it); "
             f"the record will be redelivered to its new owner ({type(exc).__name__}: {exc})"
         )
+    if isinstance(exc, ak.KafkaConnectionError):
+        return KafkaClientError(
+            f"{where}: cannot connect to Kafka: {describe_error(exc)}; check "
+            "KAFKA_BOOTSTRAP_SERVERS / ALPHA_REDPANDA_BOOTSTRAP_SERVERS"
+        )
     if isinstance(exc, ak.KafkaError | ak.IllegalOperation):
-        return KafkaClientError(f"{where}: {type(exc).__name__}: {exc}")
+        return KafkaClientError(f"{where}: {describe_error(exc)}")
     return None
 
 

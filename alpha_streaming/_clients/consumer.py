@@ -124,9 +124,9 @@ class RedpandaConsumer:
             return
         build = self._broker.config.broker_config.builder
         consumer = build(group_id=self._group_id, enable_auto_commit=False, **self._options)
-        with kafka_errors("start consumer"):
-            await consumer.start()
         try:
+            with kafka_errors("start consumer"):
+                await consumer.start()
             # Checked before subscribing: aiokafka would otherwise wait `request_timeout_ms`
             # for a missing topic and then fail without naming it.
             with kafka_errors("list topics"):

@@ -7,27 +7,31 @@ any order (the original wired only what was configured before `add_consumer_hand
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 from faststream import FastStream
 from faststream.kafka import Topic
-from faststream.specification import AsyncAPI
 
+from alpha_streaming._asyncapi import EnvelopeAsyncAPI
 from alpha_streaming._envelope import EventEnvelope
 from alpha_streaming._errors import ConfigError
+from alpha_streaming._logging import configure_logging
 from alpha_streaming._services.activity import ActivityProbe
 from alpha_streaming._services.handlers import HandlerKind, HandlerSpec, inspect_handler, legacy_adapter
 from alpha_streaming._services.service import PRODUCER_CONTEXT_KEY, ServiceProducer, StreamService
+from alpha_streaming._services.startup import require_topics
 from alpha_streaming._settings import RedpandaSettings, Settings
 from middlewares._retry import RetryPolicy
-from middlewares._tier import EnhancedTier, commit_window_problem
+from middlewares._tier import EnhancedTier
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
-    from redis.asyncio import Redis
+
+    from middlewares._lease_scripts import RedisClient
 
 
 __all__ = ("StreamServiceBuilder",)
@@ -61,10 +65,13 @@ class StreamServiceBuilder:
     ```
     Error routing (retries, dead-letter topic, offset commits) is always installed: it is what
     commits offsets. Dedup follows `settings.dedup.enabled` and needs `with_redis(...)`.
-    With dedup, commits are coalesced (`settings.consumer.commit_every`, "auto" = 100) and
-    every subscriber commits its pending offsets when a rebalance revokes its partitions.
+    Offsets are committed in the background (`settings.consumer.commit_every`, "auto" = 100, with
+    or without dedup) and every subscriber commits its finished work when a rebalance revokes
+    its partitions.
     Topics are not created implicitly (a service must not invent one-partition topics);
-    `alpha-streaming topics bootstrap --service module:attr` creates `service.topics`.
+    `alpha-streaming topics bootstrap --service module:attr` creates `service.topics`. At
+    startup the service connects and fails within seconds, naming each missing topic.
+    `build()` also applies `settings.log` (`configure_logging`).
     """
 
     def __init__(
@@ -79,13 +86,13 @@ class StreamServiceBuilder:
         self._settings = settings if settings is not None else Settings()
         self._config = config if config is not None else self._settings.redpanda
         self._graceful_timeout = graceful_timeout
-        self._redis: Redis | None = None
+        self._redis: RedisClient | None = None
         self._policy: RetryPolicy | None = None
         self._metrics: _Metrics | None = None
         self._producer_topics: list[str] | None = None
         self._consumers: list[_Consumer] = []
 
-    def with_redis(self, client: Redis) -> Self:
+    def with_redis(self, client: RedisClient) -> Self:
         """Use `client` for deduplication (per service and consumer group) and health checks."""
         self._redis = client
         return self
@@ -125,10 +132,16 @@ class StreamServiceBuilder:
     def build(self) -> StreamService:
         """Validate the wiring and assemble the broker, subscribers, producer and app."""
         specs = self._validate()
+        configure_logging(self._settings.log)
         tier = self._tier()
         activity = ActivityProbe()
         # The probe is outermost so it sees how each message finally ended.
-        broker = tier.broker(self._config, outer=(activity,), graceful_timeout=self._graceful_timeout)
+        broker = tier.broker(
+            self._config,
+            outer=(activity,),
+            graceful_timeout=self._graceful_timeout,
+            log_level=logging.getLevelName(self._settings.log.access_level),
+        )
         producer = ServiceProducer(broker, source=self._name) if self._producer_topics is not None else None
         poll = self._settings.consumer
         for consumer, spec in zip(self._consumers, specs, strict=True):
@@ -146,17 +159,30 @@ class StreamServiceBuilder:
         for topic in self._producer_topics or ():
             broker.publisher(topic, schema=EventEnvelope, title=f"{topic}:{self._name}")
         tier.verify(broker)
-        app = tier.install(FastStream(broker, specification=AsyncAPI(title=self._name)))
+        app = tier.install(FastStream(broker, specification=EnvelopeAsyncAPI(title=self._name)))
         if producer is not None:
             app.context.set_global(PRODUCER_CONTEXT_KEY, producer)
-        topics = dict.fromkeys(
-            [*(t for c in self._consumers for t in c.topics), *(self._producer_topics or ())]
-        )
+        consumed = [t for c in self._consumers for t in c.topics]
+        config, produced = self._config, list(self._producer_topics or ())
+
+        @app.on_startup
+        async def check_topics() -> None:
+            """Before the broker starts: Kafka answers and every topic exists, or a clear error."""
+            await require_topics(broker, config, service=self._name, consumed=consumed, produced=produced)
+
+        if (metrics := tier.metrics) is not None:
+
+            @app.after_startup
+            async def watch_lag() -> None:
+                """Lag for every assigned partition, not only those that processed a message."""
+                metrics.instruments.lag.watch(metrics.service, broker)
+
         return StreamService(
             name=self._name,
             app=app,
             broker=broker,
-            topics=tuple(topics),
+            consumed=tuple(dict.fromkeys(consumed)),
+            produced=tuple(produced),
             producer=producer,
             redis=self._redis,
             activity=activity,
@@ -174,9 +200,6 @@ class StreamServiceBuilder:
                 "call .with_redis(redis.asyncio.Redis.from_url(settings.redis_url)) "
                 "or set ALPHA_DEDUP__ENABLED=false"
             )
-        window = commit_window_problem(self._settings.consumer, dedup=self._deduplicating())
-        if window is not None:
-            problems.append(f"settings.consumer.{window}")
         if not self._consumers and self._producer_topics is None:
             problems.append("the service does nothing: add_consumer_handler(...) and/or add_producer()")
         seen_groups: dict[str, int] = {}

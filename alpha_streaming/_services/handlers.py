@@ -15,14 +15,15 @@ import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from fast_depends.dependencies import Dependant
 from fast_depends.library import CustomField
-from faststream.kafka.annotations import KafkaMessage
+from faststream.message import StreamMessage
 from pydantic import BaseModel
 
 from alpha_streaming._errors import ConfigError, EnvelopeError
+from middlewares._loop_context import LoopContext
 from middlewares._state import state_of
 
 __all__ = ("HandlerKind", "HandlerSpec", "inspect_handler", "legacy_adapter")
@@ -117,7 +118,7 @@ def legacy_adapter(func: HandlerFunc) -> HandlerFunc:
     legacy handler's return value, as the original system did.
     """
 
-    async def legacy_handler(message: KafkaMessage) -> None:
+    async def legacy_handler(message: Annotated[StreamMessage[Any], LoopContext("message")]) -> None:
         envelope = state_of(message).envelope
         if envelope is None:
             raise EnvelopeError("no validated envelope for this message; is EnvelopeMiddleware installed?")

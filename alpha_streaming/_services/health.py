@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from faststream.kafka import KafkaBroker
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
+from alpha_streaming._admin import broker_admin, topic_partitions
+from alpha_streaming._services.startup import bootstrap_hint
 
+if TYPE_CHECKING:
     from alpha_streaming._services.activity import ActivityProbe
+    from middlewares._lease_scripts import RedisClient
 
 __all__ = (
     "DEFAULT_STALE_AFTER_S",
@@ -73,6 +75,8 @@ class ServiceHealth:
     redis_reachable: bool | None  # None: the service does not use Redis
     subscribers: tuple[SubscriberHealth, ...] = ()
     stale_after_s: float = DEFAULT_STALE_AFTER_S
+    missing_topics: tuple[str, ...] = ()
+    """Topics the service consumes or publishes to that the cluster does not have."""
 
     @property
     def live(self) -> bool:
@@ -85,6 +89,11 @@ class ServiceHealth:
         found = [] if self.broker_connected else [f"{self.name}: Kafka broker not reachable"]
         if self.redis_reachable is False:
             found.append(f"{self.name}: Redis not reachable (PING failed)")
+        if self.missing_topics:
+            found.append(
+                f"{self.name}: topic(s) {', '.join(self.missing_topics)} do not exist; "
+                f"create them with: {bootstrap_hint(self.missing_topics)}"
+            )
         for sub in self.subscribers:
             found.extend(f"{self.name}: {p}" for p in sub.problems(self.stale_after_s))
         return found
@@ -102,6 +111,7 @@ class ServiceHealth:
             "broker_connected": self.broker_connected,
             "redis_reachable": self.redis_reachable,
             "problems": self.problems,
+            "missing_topics": list(self.missing_topics),
             "subscribers": [
                 {
                     "topics": list(s.topics),
@@ -142,7 +152,7 @@ class HealthReport:
         }
 
 
-async def redis_answers(redis: Redis) -> bool:
+async def redis_answers(redis: RedisClient) -> bool:
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
             return bool(await redis.ping())
@@ -184,7 +194,7 @@ async def probe_broker(
     broker: KafkaBroker,
     *,
     started: bool,
-    redis: Redis | None = None,
+    redis: RedisClient | None = None,
     activity: ActivityProbe | None = None,
     restarts: Mapping[int, int] | None = None,
     stale_after_s: float = DEFAULT_STALE_AFTER_S,
@@ -197,15 +207,30 @@ async def probe_broker(
     """
     if not started:
         return ServiceHealth(name, False, False, None, stale_after_s=stale_after_s)
+    missing: tuple[str, ...] = ()
     if network:
-        connected, reachable = await asyncio.gather(
+        connected, reachable, missing = await asyncio.gather(
             broker.ping(PROBE_TIMEOUT_S),
             redis_answers(redis) if redis is not None else _none(),
+            missing_topics(broker),
         )
     else:
         connected, reachable = broker.running, None
     subs = tuple(subscriber_health(s, activity, restarts or {}) for s in broker.subscribers)
-    return ServiceHealth(name, True, connected, reachable, subs, stale_after_s)
+    return ServiceHealth(name, True, connected, reachable, subs, stale_after_s, missing)
+
+
+async def missing_topics(broker: KafkaBroker) -> tuple[str, ...]:
+    """Subscribed and published topics absent from the cluster; () when that cannot be asked."""
+    subscribed = [t for s in broker.subscribers for t in getattr(s, "topic_names", ())]
+    published = [topic for p in broker.publishers if (topic := getattr(p, "topic", None))]
+    names = list(dict.fromkeys([*subscribed, *published]))
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            existing = await topic_partitions(broker_admin(broker), names)
+    except Exception:  # not connected, or Kafka down: `broker_connected` reports that
+        return ()
+    return tuple(t for t in names if t not in existing)
 
 
 async def _none() -> None:

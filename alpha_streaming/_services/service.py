@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
-from faststream import Context, FastStream
+from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
 
@@ -13,10 +13,12 @@ from alpha_streaming._envelope import EnvelopeHeaders
 from alpha_streaming._errors import ConfigError
 from alpha_streaming._services.activity import ActivityProbe
 from alpha_streaming._services.health import ServiceHealth, probe_broker
+from middlewares._loop_context import LoopContext
 
 if TYPE_CHECKING:
     from aiokafka.structs import RecordMetadata
-    from redis.asyncio import Redis
+
+    from middlewares._lease_scripts import RedisClient
 
 __all__ = ("PRODUCER_CONTEXT_KEY", "CurrentProducer", "ServiceProducer", "StreamService")
 
@@ -68,7 +70,7 @@ class ServiceProducer:
 
 
 # Inject the service producer into a typed handler: `async def h(order: Order, out: CurrentProducer)`.
-CurrentProducer = Annotated[ServiceProducer, Context(PRODUCER_CONTEXT_KEY)]
+CurrentProducer = Annotated[ServiceProducer, LoopContext(PRODUCER_CONTEXT_KEY)]
 
 
 class StreamService:
@@ -80,15 +82,19 @@ class StreamService:
         name: str,
         app: FastStream,
         broker: KafkaBroker,
-        topics: tuple[str, ...],
+        consumed: tuple[str, ...],
+        produced: tuple[str, ...],
         producer: ServiceProducer | None,
-        redis: Redis | None,
+        redis: RedisClient | None,
         activity: ActivityProbe,
     ) -> None:
         self.name = name
         self.app = app
         self.broker = broker
-        self.topics = topics
+        self.consumed_topics = consumed
+        self.produced_topics = produced
+        """The topics `add_producer(topics=...)` declared (it may publish to others too)."""
+        self.topics = tuple(dict.fromkeys([*consumed, *produced]))
         """Every topic the service consumes or declared it produces (DLQ twins not included)."""
         self.redis = redis
         self.activity = activity

@@ -23,7 +23,8 @@ from middlewares._tier import wrong_ack_policy
 
 if TYPE_CHECKING:
     from faststream._internal.application import Application
-    from redis.asyncio import Redis
+
+    from middlewares._lease_scripts import RedisClient
 
 __all__ = ("SupervisedApp", "task_outcome", "verify_enhanced_app")
 
@@ -40,7 +41,7 @@ class SupervisedApp:
         *,
         start: Callable[[], Awaitable[None]],
         stop: Callable[[], Awaitable[None]],
-        redis: Redis | None = None,
+        redis: RedisClient | None = None,
         activity: ActivityProbe | None = None,
     ) -> None:
         self.name, self.app = name, app

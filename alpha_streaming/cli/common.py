@@ -34,7 +34,7 @@ EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_CODES = (
     "Exit codes: 0 success; 1 error (printed as `ErrorClass: message`); 2 usage error; "
-    "3 partial (some records could not be replayed, or some topics could not be created)."
+    "3 partial (some records could not be replayed, or some but not all topics could not be created)."
 )
 
 T = TypeVar("T")

@@ -19,6 +19,7 @@ from alpha_streaming._settings import RedpandaSettings
 from alpha_streaming._tools.topic_selection import bootstrap_specs, topic_names
 from alpha_streaming.cli.common import (
     EXIT_CODES,
+    EXIT_ERROR,
     EXIT_PARTIAL,
     BootstrapOption,
     fail,
@@ -98,4 +99,4 @@ def topics_bootstrap(
         f"{mismatched} with other partition counts, {failed} failed"
     )
     if failed:
-        raise typer.Exit(EXIT_PARTIAL)
+        raise typer.Exit(EXIT_ERROR if failed == len(results) else EXIT_PARTIAL)

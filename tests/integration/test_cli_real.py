@@ -184,7 +184,7 @@ async def test_bootstrap_creates_topics_with_dlq_twins_and_is_idempotent(
         await kafka_admin.delete_topics(names)
 
 
-async def test_bootstrap_reports_topics_the_broker_refuses_with_exit_3(
+async def test_bootstrap_exits_1_when_every_topic_is_refused_and_3_when_some_are(
     kafka_bootstrap: str, kafka_admin: AIOKafkaAdminClient
 ) -> None:
     name = f"cli.boot.{uuid.uuid4().hex[:10]}"
@@ -192,10 +192,30 @@ async def test_bootstrap_reports_topics_the_broker_refuses_with_exit_3(
     result = await run_cli(
         kafka_bootstrap, "topics", "bootstrap", "--topic", name, "--replication-factor", "3"
     )
-    assert result.exit_code == cli.EXIT_PARTIAL, result.output
+    assert result.exit_code == cli.EXIT_ERROR, result.output
     assert f"failed   {name}  partitions=-  ERROR:" in result.stdout
     assert "2 failed" in result.stdout
     assert name not in await kafka_admin.list_topics()
+
+    existing = f"cli.boot.{uuid.uuid4().hex[:10]}"
+    made = await run_cli(kafka_bootstrap, "topics", "bootstrap", "--topic", existing)
+    assert made.exit_code == 0, made.output
+    try:
+        partial = await run_cli(
+            kafka_bootstrap,
+            "topics",
+            "bootstrap",
+            "--topic",
+            existing,
+            "--topic",
+            name,
+            "--replication-factor",
+            "3",
+        )
+        assert partial.exit_code == cli.EXIT_PARTIAL, partial.output
+        assert "2 existed, 0 with other partition counts, 2 failed" in partial.stdout
+    finally:
+        await kafka_admin.delete_topics([existing, f"{existing}.dlq"])
 
 
 # --- dlq inspect ----------------------------------------------------------------------------

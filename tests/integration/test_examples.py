@@ -209,7 +209,12 @@ async def test_decorator_app_under_faststream_run(
         *argv(DECORATOR_RUN),
         cwd=ROOT,
         env=env_for(
-            kafka_bootstrap, redis_url, EXAMPLE_BROKER=namespace, ALPHA_REDPANDA_GROUP_ID_PREFIX=group_prefix
+            kafka_bootstrap,
+            redis_url,
+            EXAMPLE_BROKER=namespace,
+            ALPHA_REDPANDA_GROUP_ID_PREFIX=group_prefix,
+            ALPHA_LOG__CONFIGURE="true",
+            ALPHA_LOG__LEVEL="DEBUG",
         ),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -249,6 +254,19 @@ async def test_decorator_app_under_faststream_run(
     letter = DeadLetter.from_headers(dead[0].headers)
     assert letter.original_topic == fills and letter.consumer_group == group
     assert letter.service == "position-keeper"
+
+    # The logs: no colour codes into a pipe; time, level, logger, and the record a line is about.
+    assert "\x1b[" not in output
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00"
+    where = rf"{re.escape(fills)}\[\d+\]@\d+"
+    routing = r"ERROR +middlewares\._error_routing"
+    dead_lettered = rf"^{stamp} {routing}: EnvelopeError on {where} .*dead-lettered.* \[{where}\]$"
+    assert re.search(dead_lettered, output, re.M), output
+    ids = f"event={fill.id} correlation={fill.correlation_id}"
+    duplicate = (
+        rf"^{stamp} DEBUG +middlewares\._metrics: duplicate suppressed.* \[{where} {re.escape(ids)}\]$"
+    )
+    assert re.search(duplicate, output, re.M), output
 
 
 @pytest.mark.parametrize("app", ["examples.decorator_app:app", "examples.builder_service:app"])
@@ -353,7 +371,7 @@ async def test_builder_service_command_stops_cleanly_on_sigterm(
         stderr=asyncio.subprocess.STDOUT,
     )
     assert process.stdout is not None
-    banner = f"legacy-risk-gate consuming {topics.signals_raw}"
+    banner = f"legacy-risk-gate consuming {topics.signals_raw}, producing to {topics.signals_validated}"
     seen = b""
     try:
         async with asyncio.timeout(DEADLINE_S):
@@ -425,7 +443,7 @@ def test_readme_python_snippets_are_excerpts_of_tested_examples() -> None:
     blocks = readme_blocks("python")
     assert blocks, "the README shows no Python"
     for before, body in blocks:
-        found = re.fullmatch(r"<!-- excerpt: (examples/[\w/]+\.py) -->", before.strip())
+        found = re.fullmatch(r"<!-- excerpt: ((?:tests/unit/)?examples/[\w/]+\.py) -->", before.strip())
         assert found, f"python block without an `<!-- excerpt: examples/... -->` marker:\n{body}"
         source = (ROOT / found[1]).read_text()
         assert body in source, f"README excerpt is not verbatim in {found[1]}:\n{body}"

@@ -286,16 +286,18 @@ def test_consumer_settings_reach_the_subscribers_and_the_commit_window() -> None
     assert (routing.commit_every, routing.commit_interval_s) == (100, 0.2)
 
 
-def test_coalesced_commits_without_dedup_are_refused_at_build() -> None:
+def test_background_commits_without_dedup_are_accepted_at_build() -> None:
+    # Kafka's own at-least-once: a crash repeats what finished since the last commit.
     from alpha_streaming._settings import ConsumerSettings
 
     settings = Settings(dedup=DedupSettings(enabled=False), consumer=ConsumerSettings(commit_every=50))
-    message = build_error(
-        StreamServiceBuilder("risk-manager", CONFIG, settings).add_consumer_handler(
-            topics=["a.b.c"], group_id="g", handler_func=legacy
-        )
+    service = (
+        StreamServiceBuilder("risk-manager", CONFIG, settings)
+        .add_consumer_handler(topics=["a.b.c"], group_id="g", handler_func=legacy)
+        .build()
     )
-    assert "ALPHA_CONSUMER__COMMIT_EVERY=1" in message
+    (routing,) = [m for m in service.broker.middlewares if isinstance(m, ErrorRoutingMiddleware)]
+    assert routing.commit_every == 50
 
 
 def test_heartbeat_must_be_below_session_timeout() -> None:
@@ -305,7 +307,7 @@ def test_heartbeat_must_be_below_session_timeout() -> None:
         ConsumerSettings(heartbeat_interval_ms=10_000, session_timeout_ms=10_000)
 
 
-async def test_commits_coalesce_with_dedup_and_every_subscriber_commits_on_revoke() -> None:
+async def test_commits_go_out_in_the_background_and_every_subscriber_commits_on_revoke() -> None:
     def built(b: StreamServiceBuilder) -> StreamService:
         return (
             b.add_consumer_handler(topics=["a.b.c"], group_id="g1", handler_func=legacy)
@@ -320,7 +322,7 @@ async def test_commits_coalesce_with_dedup_and_every_subscriber_commits_on_revok
     service = built(builder(Settings()).with_redis(Redis()))  # never connected: nothing here reaches it
     routing = routing_of(service)
     assert routing.commit_every == AUTO_COMMIT_EVERY
-    assert routing_of(built(builder())).commit_every == 1, "without dedup every outcome is committed at once"
+    assert routing_of(built(builder())).commit_every == AUTO_COMMIT_EVERY, "without dedup too"
 
     async with TestKafkaBroker(service.broker), TestApp(service.app):
         # The listeners are given at startup; the in-memory broker starts no consumer and has no
@@ -330,7 +332,31 @@ async def test_commits_coalesce_with_dedup_and_every_subscriber_commits_on_revok
             partition = TopicPartition(topic, 0)
             consumer = MagicMock(commit=AsyncMock(), assignment=MagicMock(return_value={partition}))
             record = ConsumerRecord(topic, 0, 4, 0, 0, None, b"{}", None, 0, 2, [])
-            await routing.commits.commit(consumer, (record,))  # an outcome waiting in the window
+            await _finished(routing.commits, consumer, (record,))  # an outcome waiting in the window
             consumer.commit.assert_not_called()
             await subscriber._listener.on_partitions_revoked({partition})  # type: ignore[attr-defined]
             consumer.commit.assert_awaited_once_with({partition: 5})
+
+
+async def _finished(commits: Any, consumer: Any, records: tuple[Any, ...]) -> None:
+    """One outcome as error routing reports it: the records taken in flight, then finished."""
+    await commits.finish(commits.begin(consumer, records))
+
+
+def test_faststreams_access_lines_are_debug_unless_the_settings_raise_them() -> None:
+    import logging
+
+    from alpha_streaming._settings import LogSettings
+
+    def access_level(settings: Settings) -> int:
+        service = (
+            StreamServiceBuilder("risk-manager", CONFIG, settings)
+            .add_consumer_handler(topics=["a.b.c"], group_id="g", handler_func=legacy)
+            .build()
+        )
+        level: int = service.broker.config.logger.log_level
+        return level
+
+    quiet = Settings(dedup=DedupSettings(enabled=False), log=LogSettings(configure=False))
+    loud = Settings(dedup=DedupSettings(enabled=False), log=LogSettings(configure=False, access_level="INFO"))
+    assert (access_level(quiet), access_level(loud)) == (logging.DEBUG, logging.INFO)

@@ -1,4 +1,4 @@
-"""Coalesced commits against the real Kafka and Redis: flushed on partition revoke and after a DLQ write.
+"""Background commits against the real Kafka and Redis: on partition revoke, after a DLQ write, at stop.
 
 Both tests hold commits in a window that would not flush on its own during the test (1,000
 outcomes, an hour), so any commit observed is the one the behaviour under test made. Each member
@@ -8,6 +8,7 @@ subscribers the revoke listener at startup and drains, stops and closes on `app.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -131,3 +132,42 @@ async def test_a_dead_lettered_outcome_is_committed_at_once_with_what_was_pendin
         await app.stop()
     [record] = await read_topic(kafka_bootstrap, f"{topic}.dlq", 1)
     assert record.value == bad.to_bytes()
+
+
+async def test_without_dedup_a_revoke_commits_the_finished_work_and_never_past_a_handler_in_flight(
+    kafka_bootstrap: str, kafka_admin: AIOKafkaAdminClient, new_topic: NewTopic, unique: Callable[[str], str]
+) -> None:
+    topic, group = await new_topic(partitions=2, prefix="paper.coalesce.nodedup"), unique("g")
+    events = [event(n) for n in range(6)]
+    stuck, release = events[2], asyncio.Event()
+    runs: list[str] = []
+    apps: dict[str, FastStream] = {}
+    for name in ("a", "b"):
+        tier = EnhancedTier("coalesce-it", metrics=False, consumer=HELD)  # no Redis: no dedup
+        broker = tier.broker(RedpandaSettings(bootstrap_servers=kafka_bootstrap))
+
+        @broker.subscriber(topic, group_id=group, **SUBSCRIBE)
+        async def handle(body: dict[str, Any], envelope: CurrentEnvelope) -> None:
+            runs.append(envelope.id)
+            if envelope.id == stuck.id:
+                await release.wait()
+
+        apps[name] = tier.install(FastStream(broker))
+
+    await send(kafka_bootstrap, topic, *((e, 0) for e in events))
+    try:
+        await apps["a"].start()
+        await eventually(lambda: stuck.id in runs, "consumer A to reach the third event")
+        await apps["b"].start()  # joins the group: A's partitions are revoked while 2 is in flight
+        for _ in range(600):  # the rebalance takes a heartbeat or two; generous deadline (30 s)
+            if await committed_offsets(kafka_admin, group):
+                break
+            await asyncio.sleep(0.05)
+        assert await committed_offsets(kafka_admin, group) == {0: 2}, "finished work, not past offset 2"
+        release.set()
+        await eventually(lambda: {e.id for e in events} <= set(runs), "every event to run")
+    finally:
+        release.set()
+        for app in apps.values():
+            await app.stop()  # drain, stop the broker, close: the rest is committed
+    assert await group_lag(kafka_admin, kafka_bootstrap, group, topic) == 0, "committed at shutdown"

@@ -39,7 +39,7 @@ def event(n: int = 0) -> EventEnvelope:
 
 
 def key(namespace: str, event_id: str, group: str = GROUP) -> str:
-    return f"alpha:dedup:{namespace}:{group}:{event_id}"
+    return f"alpha:dedup:{{{namespace}:{group}}}:{event_id}"
 
 
 def stack(spy: Spy, dedup: DeduplicationMiddleware) -> KafkaBroker:

@@ -75,7 +75,8 @@ async def test_done_marker_is_written_only_after_the_output_is_acknowledged(
 ) -> None:
     source, out = await new_topic(prefix="paper.fills"), await new_topic(prefix="paper.positions")
     group, namespace = unique("g"), unique("ns")
-    probe = _DoneMarkerAtAck(redis_client, lambda event_id: f"{KEY_PREFIX}:{namespace}:{group}:{event_id}")
+    key_prefix = f"{KEY_PREFIX}:{{{namespace}:{group}}}:"
+    probe = _DoneMarkerAtAck(redis_client, lambda event_id: key_prefix + event_id)
     tier, broker = enhanced(kafka_bootstrap, redis_client, namespace, probe)
 
     @broker.subscriber(source, group_id=group, **SUBSCRIBE)
@@ -89,7 +90,7 @@ async def test_done_marker_is_written_only_after_the_output_is_acknowledged(
     try:
         [record] = await read_topic(kafka_bootstrap, out, 1)
         lag = await lag_drains(kafka_admin, kafka_bootstrap, group, source)
-        done = await redis_client.get(f"{KEY_PREFIX}:{namespace}:{group}:{fill.id}")
+        done = await redis_client.get(key_prefix + fill.id)
     finally:
         await shut_down(tier, broker)
     assert len(probe.seen) == 1

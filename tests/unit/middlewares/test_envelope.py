@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import pytest
 from faststream import AckPolicy, BaseMiddleware, Context
-from faststream.kafka import KafkaBroker, KafkaPublishMessage, TestKafkaBroker
+from faststream.kafka import KafkaBroker, KafkaMessage, KafkaPublishMessage, TestKafkaBroker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
@@ -489,3 +489,48 @@ def test_any_bytes_and_headers_end_as_a_handled_event_or_a_permanent_error(
         assert handled == [EventEnvelope.from_bytes(raw).data]
 
     asyncio.run(scenario())
+
+
+async def test_the_handler_gets_the_payload_parsed_with_the_envelope_not_parsed_again(
+    wire: list[dict[str, Any]],
+) -> None:
+    broker = make_broker()
+    got: list[tuple[Any, Any, bytes]] = []
+
+    @broker.subscriber(TOPIC, group_id="g", ack_policy=AckPolicy.MANUAL)
+    async def handle(body: dict[str, Any], envelope: CurrentEnvelope, msg: KafkaMessage) -> None:
+        got.append((await msg.decode(), envelope, msg.body))
+
+    sent = EventEnvelope.create(type="order.filled", data={"order_id": "o-1", "qty": 1}, source="engine")
+    async with TestKafkaBroker(broker) as br:
+        await br.publish(sent, TOPIC)
+    ((body, envelope, raw),) = got
+    assert body is envelope.data, "the message decodes to the dict validation produced"
+    assert EventEnvelope.from_bytes(raw) == sent, "msg.body stays the record's bytes"
+
+
+async def test_injected_envelope_and_context_are_resolved_without_a_worker_thread(
+    wire: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fast_depends.utils
+
+    hops: list[Any] = []
+    threaded = fast_depends.utils.run_in_threadpool
+
+    async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await threaded(func, *args, **kwargs)
+
+    monkeypatch.setattr(fast_depends.utils, "run_in_threadpool", counting)
+    broker = make_broker()
+    got: list[Any] = []
+
+    @broker.subscriber(TOPIC, group_id="g", ack_policy=AckPolicy.MANUAL)
+    async def handle(body: dict[str, Any], envelope: CurrentEnvelope, where: CurrentBrokerContext) -> None:
+        got.append((envelope.type, where.topic))
+
+    sent = EventEnvelope.create(type="order.filled", data={"qty": 1}, source="engine")
+    async with TestKafkaBroker(broker) as br:
+        await br.publish(sent, TOPIC)
+    assert got == [("order.filled", TOPIC)]
+    assert hops == [], "FastStream's plain Context would run each lookup in a worker thread"

@@ -139,7 +139,7 @@ async def test_each_outcome_is_counted_once(metrics: MetricsMiddleware, reader: 
     # 2 failed attempts before the success, 4 + the final one for the dead letter: not double-counted
     # as a failure *and* a dead letter message, and the retries separately.
     assert values(reader, "alpha.messages.failed", "error.type") == {"Boom": 2 + 5}
-    assert values(reader, "alpha.messages.retried", "kind") == {"retry": 2 + 4}
+    assert values(reader, "alpha.messages.retried", "topic") == {TOPIC: 2 + 4}
     assert values(reader, "alpha.dedup.redis_outage", "mode") == {"paused": 1}
     durations = {attrs["outcome"]: point.count for attrs, point in points(reader, "alpha.message.duration")}
     assert durations == {"processed": 2, "deduplicated": 1, "dead_lettered": 1, "redeliver": 1}
@@ -219,6 +219,10 @@ async def test_in_flight_counts_the_message_being_handled(
 
     assert seen == [1, 1]
     assert values(reader, "alpha.messages.in_flight", "topic") == {TOPIC: 0}
+    # No constant label (it was state="in_flight"): only what tells series apart.
+    assert [attrs for attrs, _ in points(reader, "alpha.messages.in_flight")] == [
+        {"service": SERVICE, "topic": TOPIC, "broker": "paper"}
+    ]
 
 
 async def test_batch_counts_every_record(metrics: MetricsMiddleware, reader: InMemoryMetricReader) -> None:
@@ -323,6 +327,10 @@ async def test_private_provider_serves_prometheus_and_reads_back() -> None:
             if sample.name == "alpha_messages_total" and sample.labels["service"] == SERVICE
         }
         assert scraped == {"processed": 1, "deduplicated": 1}
+        # The OTel resource names the service; the endpoint is local-only unless asked.
+        assert f'service_name="{SERVICE}"' in text
+        assert metrics._private is not None and metrics._private.server is not None
+        assert metrics._private.server.server_address[0] == "127.0.0.1"
         samples = {(s.name, s.attributes.get("outcome")): s.value for s in metrics.read()}
         assert samples[("alpha.messages", "processed")] == 1
         assert samples[("alpha.messages", "deduplicated")] == 1
@@ -367,3 +375,25 @@ async def test_middlewares_sharing_a_provider_add_up(reader: InMemoryMetricReade
             await br.publish({"n": 1}, TOPIC)
 
     assert values(reader, "alpha.messages", "outcome") == {"processed": 2}
+
+
+async def test_no_spans_are_made_until_a_tracer_provider_is_configured(
+    reader: InMemoryMetricReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry import trace
+
+    metrics = MetricsMiddleware(service=SERVICE, meter_provider=MeterProvider(metric_readers=[reader]))
+    broker, handled = make_broker(metrics)
+    async with TestKafkaBroker(broker) as br:
+        await br.publish({"n": 1}, TOPIC)
+        assert metrics._telemetry is None, "no tracer provider: FastStream's span middleware is left out"
+        assert values(reader, "alpha.messages", "outcome") == {"processed": 1}
+
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)  # as set_tracer_provider does
+        await br.publish({"n": 2}, TOPIC)
+    assert [b["n"] for b in handled] == [1, 2]
+    assert metrics._telemetry is not None
+    assert len(process_spans(exporter)) == 1, "spans once a global provider is set"

@@ -42,7 +42,7 @@ from middlewares import (
     enhanced_stack,
 )
 from middlewares._retry import Budget
-from middlewares._tier import AUTO_COMMIT_EVERY, commit_window_problem
+from middlewares._tier import AUTO_COMMIT_EVERY
 from tests.support import RecordingSink, Spy, free_port, mock_consumer
 
 SERVICE = "risk-manager"
@@ -160,7 +160,7 @@ async def test_a_message_through_the_tiers_broker_is_handled_and_committed() -> 
 
 
 async def test_install_gives_every_subscriber_the_tier_listener_chained_with_the_users_own() -> None:
-    tier = EnhancedTier(SERVICE, redis=Redis(), metrics=False)  # dedup on: commits are coalesced
+    tier = EnhancedTier(SERVICE, redis=Redis(), metrics=False)  # commits go out in the background
     broker = tier.broker()
     log: list[str] = []
 
@@ -179,7 +179,7 @@ async def test_install_gives_every_subscriber_the_tier_listener_chained_with_the
             partition = TopicPartition(topic, 0)
             consumer = _consumer(partition, log=log)
             before = len(log)
-            await tier.routing.commits.commit(consumer, (_record(topic, 0, 6),))  # waiting in the window
+            await _finished(tier.routing.commits, consumer, (_record(topic, 0, 6),))  # waiting in the window
             assert len(log) == before
             await listeners[topic].on_partitions_revoked({partition})
             await listeners[topic].on_partitions_assigned({partition})
@@ -283,13 +283,13 @@ async def test_install_drains_before_the_broker_stops_and_closes_after() -> None
     async def broker_stops(*args: Any, **kwargs: Any) -> None:
         log.append("broker stopping")
         # A message that finishes while the broker stops is committed at once (draining).
-        await tier.routing.commits.commit(consumer, (_record(FILLS, 0, 8),))
+        await _finished(tier.routing.commits, consumer, (_record(FILLS, 0, 8),))
         log.append(f"dlq closed: {sink.closed}")
 
     app = tier.install(FastStream(broker))
     async with TestKafkaBroker(broker):
         async with TestApp(app):
-            await tier.routing.commits.commit(consumer, (_record(FILLS, 0, 7),))  # waiting in the window
+            await _finished(tier.routing.commits, consumer, (_record(FILLS, 0, 7),))  # waiting in the window
             assert log == []
             assert _answers(port), "the Prometheus endpoint serves while the app runs"
             broker.stop.side_effect = broker_stops  # type: ignore[attr-defined]  # TestKafkaBroker's stand-in
@@ -308,35 +308,21 @@ def _answers(port: int) -> bool:
 # ---------------------------------------------------------------- settings -> tier
 
 
-def test_coalesced_commits_without_dedup_are_refused() -> None:
+def test_background_commits_are_the_default_with_or_without_dedup() -> None:
+    # Without dedup a crash repeats what finished since the last background commit: Kafka's own
+    # at-least-once, documented in bench/README.md; `commit_every=1` still awaits each commit.
     for tier_options in (
         {"consumer": ConsumerSettings(commit_every=50)},
-        {"settings": Settings(consumer=ConsumerSettings(commit_every=50))},
-        # A client, but dedup disabled: nothing makes the coalescing safe.
-        {
-            "redis": Redis(),
-            "settings": Settings(
-                dedup=DedupSettings(enabled=False), consumer=ConsumerSettings(commit_every=50)
-            ),
-        },
+        {"redis": Redis(), "settings": Settings(dedup=DedupSettings(enabled=False))},
     ):
-        with pytest.raises(ConfigError, match="only safe with dedup"):
-            EnhancedTier(SERVICE, metrics=False, **tier_options)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="ALPHA_CONSUMER__COMMIT_EVERY=1"):
-        enhanced_stack(service=SERVICE, metrics=False, commit_every=50)
+        tier = EnhancedTier(SERVICE, metrics=False, **tier_options)  # type: ignore[arg-type]
+        assert tier.dedup is None
+        assert tier.routing.commit_every in (50, AUTO_COMMIT_EVERY)
+    assert enhanced_stack(service=SERVICE, metrics=False, commit_every=50)[0].commit_every == 50
     assert (
         EnhancedTier(SERVICE, metrics=False, consumer=ConsumerSettings(commit_every=1)).routing.commit_every
         == 1
     )
-
-
-@pytest.mark.parametrize(
-    ("every", "dedup", "refused"),
-    [("auto", False, False), ("auto", True, False), (1, False, False), (50, True, False), (50, False, True)],
-)
-def test_the_commit_window_rule(every: int | str, dedup: bool, refused: bool) -> None:
-    problem = commit_window_problem(ConsumerSettings(commit_every=every), dedup=dedup)  # type: ignore[arg-type]
-    assert (problem is not None) is refused
 
 
 def test_consumer_settings_set_the_commit_window() -> None:
@@ -348,7 +334,7 @@ def test_consumer_settings_set_the_commit_window() -> None:
         EnhancedTier(SERVICE, settings=auto, redis=Redis(), metrics=False).routing.commit_every
         == AUTO_COMMIT_EVERY
     )
-    assert EnhancedTier(SERVICE, settings=auto, metrics=False).routing.commit_every == 1
+    assert EnhancedTier(SERVICE, settings=auto, metrics=False).routing.commit_every == AUTO_COMMIT_EVERY
     overridden = EnhancedTier(
         SERVICE,
         settings=Settings(consumer=consumer),
@@ -395,3 +381,8 @@ async def test_metrics_follow_the_settings_unless_told_otherwise() -> None:
     assert served.metrics is not None and served.metrics.prometheus_port
     for tier in (forced, on, served):
         await tier.close()
+
+
+async def _finished(commits: Any, consumer: Any, records: tuple[Any, ...]) -> None:
+    """One outcome as error routing reports it: the records taken in flight, then finished."""
+    await commits.finish(commits.begin(consumer, records))

@@ -1,0 +1,1 @@
+"""The in-memory test kit behind the public `alpha_streaming.testing` module."""
