@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install stack-up stack-down stack-status cluster-up cluster-down cluster-status test unit integration fault lint demo bench clean
+.PHONY: install stack-up stack-down stack-status cluster-up cluster-down cluster-status cluster-fault test unit integration fault lint demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -46,7 +46,11 @@ integration: install stack-up
 
 ## The fault-injection suite alone (part of `make test` too); it runs its own Kafka and Redis.
 fault: install
-	$(PY) -m pytest -m fault
+	$(PY) -m pytest -m "fault and not cluster"
+
+## The fault scenarios on the 3-broker cluster and the Redis Cluster (part of `make test` too).
+cluster-fault: install
+	$(PY) -m pytest -m cluster
 
 ## ruff, mypy (strict) and the import-linter layers contract (pyproject.toml).
 lint: install

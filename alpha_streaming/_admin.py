@@ -10,6 +10,7 @@ connection settings (bootstrap servers, client id, security) are the one set bui
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from aiokafka.admin import NewTopic
 
 from alpha_streaming._broker import describe_error, make_broker
 from alpha_streaming._errors import ConfigError, KafkaClientError
+from alpha_streaming._replication import cluster_replication, replication_warning
 from alpha_streaming._settings import RedpandaSettings
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ __all__ = (
 # How long a freshly created topic may take to show up in the metadata the broker serves.
 METADATA_WAIT_S = 15.0
 _TOPIC_ALREADY_EXISTS = ak.TopicAlreadyExistsError.errno
+log = logging.getLogger(__name__)
 
 
 class TopicStatus(StrEnum):
@@ -60,7 +63,8 @@ class TopicSpec:
 
     name: str
     partitions: int = 1
-    replication_factor: int = 1
+    replication_factor: int | None = None
+    """None: the cluster's `default.replication.factor`."""
     config: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -68,7 +72,7 @@ class TopicSpec:
             raise ConfigError("topic name must be non-empty")
         if self.partitions < 1:
             raise ConfigError(f"topic {self.name!r}: partitions must be >= 1, got {self.partitions}")
-        if self.replication_factor < 1:
+        if self.replication_factor is not None and self.replication_factor < 1:
             raise ConfigError(
                 f"topic {self.name!r}: replication factor must be >= 1, got {self.replication_factor}"
             )
@@ -81,6 +85,8 @@ class TopicResult:
     partitions: int | None
     """Partition count on the cluster (None when creation failed)."""
     detail: str = ""
+    replication_factor: int | None = None
+    """The replication factor a created topic got (None for topics that existed or failed)."""
 
 
 def broker_admin(broker: KafkaBroker) -> AIOKafkaAdminClient:
@@ -160,11 +166,16 @@ def _existing(spec: TopicSpec, partitions: int) -> TopicResult:
 async def _create(
     admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec], timeout_s: float
 ) -> dict[str, TopicResult]:
+    cluster = await cluster_replication(admin)
+    factors = {spec.name: spec.replication_factor or cluster.default_replication_factor for spec in specs}
+    for name, factor in factors.items():
+        if (warning := replication_warning(name, factor, cluster)) is not None:
+            log.warning("%s", warning)
     requests = [
         NewTopic(
             spec.name,
             num_partitions=spec.partitions,
-            replication_factor=spec.replication_factor,
+            replication_factor=factors[spec.name],
             topic_configs=dict(spec.config),
         )
         for spec in specs
@@ -197,7 +208,9 @@ async def _create(
     if created:
         await _wait_visible(admin, created, timeout_s)
         for name, spec in created.items():
-            results[name] = TopicResult(name, TopicStatus.CREATED, spec.partitions)
+            results[name] = TopicResult(
+                name, TopicStatus.CREATED, spec.partitions, replication_factor=factors[name]
+            )
     return results
 
 

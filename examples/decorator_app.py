@@ -95,7 +95,7 @@ async def create_topics() -> None:
     specs = bootstrap_specs(
         [FILLS, POSITIONS],
         partitions=3,
-        replication_factor=1,
+        replication_factor=None,  # the cluster's default.replication.factor
         retention_ms=None,
         dlq_retention_ms=None,
         with_dlq=True,

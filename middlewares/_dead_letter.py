@@ -26,13 +26,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as ak
-from aiokafka.admin import NewTopic
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from alpha_streaming._dlq import DeadLetter, DlqHeaders, KafkaHeaderList
 from alpha_streaming._errors import KafkaClientError
 from alpha_streaming._topics import dlq_topic
+from middlewares._dlq_topics import DEFAULT_MAX_MESSAGE_BYTES, UNKNOWN_LAYOUT, DlqTopic, describe_or_create
 
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
@@ -42,13 +41,6 @@ if TYPE_CHECKING:
 __all__ = ("DeadLetterSink", "DeadLetterWriter", "DlqWriteError", "Failure", "dead_letter_headers")
 
 log = logging.getLogger(__name__)
-
-HEADROOM_BYTES = 256 * 1024
-"""How much larger a created DLQ topic's `max.message.bytes` is than its source topic's."""
-# Kafka's broker default `message.max.bytes` (1 MiB + 12), used when a config cannot be read.
-DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
-MAX_MESSAGE_BYTES = "max.message.bytes"
-METADATA_WAIT_S = 15.0
 
 
 class DlqWriteError(KafkaClientError):
@@ -72,15 +64,6 @@ class DeadLetterSink(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class _DlqTopic:
-    partitions: int
-    max_message_bytes: int
-
-
-_CREATED = _DlqTopic(partitions=2**31 - 1, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES + HEADROOM_BYTES)
-
-
-@dataclass(frozen=True, slots=True)
 class Failure:
     """Why a write dead-letters its records: worked out once, shared by every record of it."""
 
@@ -97,7 +80,7 @@ class Failure:
 
 
 def dead_letter_headers(
-    record: ConsumerRecord[Any, Any], failure: Failure, topic: _DlqTopic = _CREATED
+    record: ConsumerRecord[Any, Any], failure: Failure, topic: DlqTopic = UNKNOWN_LAYOUT
 ) -> tuple[int | None, KafkaHeaderList]:
     """The partition (None: by key) and headers of `record`'s DLQ copy (key and value are its own);
     `topic` defaults to a DLQ topic as the writer creates it. Shared with the test kit."""
@@ -122,10 +105,11 @@ def dead_letter_headers(
 class DeadLetterWriter:
     """Writes DLQ records and waits for the broker's acknowledgement of every one of them."""
 
-    def __init__(self, *, service: str, send_timeout_s: float = 30.0) -> None:
+    def __init__(self, *, service: str, send_timeout_s: float = 15.0, max_wait_s: float = 120.0) -> None:
         self.service = service
         self.send_timeout_s = send_timeout_s
-        self._topics: dict[str, _DlqTopic] = {}
+        self.max_wait_s = max_wait_s
+        self._topics: dict[str, DlqTopic] = {}
         self._producers: dict[int, AIOKafkaProducer] = {}
         self._lock = asyncio.Lock()
         self._stopping: set[asyncio.Task[None]] = set()
@@ -153,12 +137,35 @@ class DeadLetterWriter:
                         target, value=record.value, key=record.key, partition=partition, headers=headers
                     )
                 )
-            await asyncio.wait_for(asyncio.gather(*pending), self.send_timeout_s)
+            await self._acknowledged(asyncio.gather(*pending), records)
         except (ak.KafkaError, OSError, TimeoutError, KafkaClientError) as exc:
             await self._discard(broker)
             for record in records:
                 self._topics.pop(dlq_topic(record.topic), None)  # re-read its config next time
             raise DlqWriteError(f"dead-letter write failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _acknowledged(self, sent: asyncio.Future[Any], records: Sequence[Any]) -> None:
+        """Wait for the outcome of writes already handed to the producer, up to `max_wait_s`.
+
+        Giving up early would be ambiguous: the producer keeps retrying a write the broker could
+        not take yet (e.g. too few in-sync replicas), stores it once the brokers are back, and the
+        redelivered message would be dead-lettered a second time.
+        """
+        waited = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(sent), self.send_timeout_s)
+                return
+            except TimeoutError:
+                waited += self.send_timeout_s
+                if waited >= self.max_wait_s:
+                    sent.cancel()
+                    raise
+                log.warning(
+                    "dead-letter write of %d record(s) not acknowledged after %.0f s; still waiting",
+                    len(records),
+                    waited,
+                )
 
     async def close(self) -> None:
         """Stop the DLQ producers (every write was already acknowledged, so nothing is pending)."""
@@ -203,7 +210,7 @@ class DeadLetterWriter:
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
 
-    async def _ensure_topic(self, broker: KafkaBroker, source: str, target: str) -> _DlqTopic:
+    async def _ensure_topic(self, broker: KafkaBroker, source: str, target: str) -> DlqTopic:
         known = self._topics.get(target)
         if known is not None:
             return known
@@ -211,74 +218,15 @@ class DeadLetterWriter:
         async with self._lock:
             known = self._topics.get(target)
             if known is None:
-                known = self._topics[target] = await _describe_or_create(admin, source, target)
+                known = self._topics[target] = await describe_or_create(admin, source, target)
         return known
-
-
-async def _describe_or_create(admin: AIOKafkaAdminClient, source: str, target: str) -> _DlqTopic:
-    existing = await _layout(admin, target)
-    if existing is None:
-        # Same partitions and replication as the source, so the DLQ is as durable as it.
-        partitions, replication = await _layout(admin, source) or (1, 1)
-        limit = await _max_message_bytes(admin, source) + HEADROOM_BYTES
-        response = await admin.create_topics(
-            [
-                NewTopic(
-                    target,
-                    num_partitions=partitions,
-                    replication_factor=replication,
-                    topic_configs={MAX_MESSAGE_BYTES: str(limit)},
-                )
-            ]
-        )
-        for item in response.to_object()["topic_errors"]:
-            code = item["error_code"]
-            if code not in (0, ak.TopicAlreadyExistsError.errno):
-                raise KafkaClientError(
-                    f"cannot create dead-letter topic {target!r}: "
-                    f"{item.get('error_message') or ak.for_code(code).__name__}"
-                )
-        log.info("created dead-letter topic %s (%d partitions)", target, partitions)
-        existing = await _wait_visible(admin, target)
-    return _DlqTopic(existing[0], await _max_message_bytes(admin, target))
-
-
-async def _layout(admin: AIOKafkaAdminClient, topic: str) -> tuple[int, int] | None:
-    """(partition count, replication factor) of `topic`, or None if it does not exist."""
-    described = await admin.describe_topics([topic])
-    for item in described:
-        partitions = item.get("partitions")
-        if item.get("topic") == topic and item.get("error_code") == 0 and partitions:
-            return len(partitions), max(1, len(partitions[0].get("replicas") or ()))
-    return None
-
-
-async def _wait_visible(admin: AIOKafkaAdminClient, topic: str) -> tuple[int, int]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + METADATA_WAIT_S
-    while (layout := await _layout(admin, topic)) is None:
-        if loop.time() > deadline:
-            raise KafkaClientError(f"dead-letter topic {topic!r} not in the metadata after creation")
-        await asyncio.sleep(0.05)
-    return layout
-
-
-async def _max_message_bytes(admin: AIOKafkaAdminClient, topic: str) -> int:
-    resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs={MAX_MESSAGE_BYTES: None})
-    responses = await admin.describe_configs([resource])
-    for response in responses:
-        for item in response.to_object()["resources"]:
-            for entry in item["config_entries"]:
-                if entry["config_names"] == MAX_MESSAGE_BYTES and entry["config_value"]:
-                    return int(entry["config_value"])
-    return DEFAULT_MAX_MESSAGE_BYTES
 
 
 def _original_headers(record: ConsumerRecord[Any, Any]) -> KafkaHeaderList:
     return [(key, bytes(value) if value is not None else b"") for key, value in record.headers or ()]
 
 
-def _fit(record: ConsumerRecord[Any, Any], headers: KafkaHeaderList, topic: _DlqTopic) -> KafkaHeaderList:
+def _fit(record: ConsumerRecord[Any, Any], headers: KafkaHeaderList, topic: DlqTopic) -> KafkaHeaderList:
     """Clip the stack trace, then the error message, until the record fits the DLQ topic."""
     # Batch header and framing come on top of the record itself.
     budget = topic.max_message_bytes - 128

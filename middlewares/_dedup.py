@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from faststream import BaseMiddleware
 from faststream.exceptions import AckMessage
+from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -54,7 +55,9 @@ __all__ = ("DeduplicationMiddleware",)
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "alpha:dedup"
-_OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# A Redis Cluster that lost a master answers CLUSTERDOWN (or TRYAGAIN while slots move): an outage
+# like a refused connection, never a handler failure to retry and dead-letter.
+_OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, TryAgainError)
 
 
 class DeduplicationMiddleware:

@@ -59,7 +59,7 @@ def bootstrap_specs(
     topics: Iterable[str],
     *,
     partitions: int,
-    replication_factor: int,
+    replication_factor: int | None,
     retention_ms: int | None,
     dlq_retention_ms: int | None,
     with_dlq: bool,

@@ -36,6 +36,8 @@ topics_app = typer.Typer(help="Create and check topics.", no_args_is_help=True)
 def format_topic_result(result: TopicResult) -> str:
     partitions = "-" if result.partitions is None else str(result.partitions)
     line = f"{result.status.value:<8} {result.name}  partitions={partitions}"
+    if result.replication_factor is not None:
+        line += f"  replication_factor={result.replication_factor}"
     if result.status is TopicStatus.MISMATCH:
         return f"{line}  WARNING: {result.detail}"
     if result.status is TopicStatus.FAILED:
@@ -62,7 +64,12 @@ def topics_bootstrap(
         typer.Option("--service", help="module:attribute of an object with a `topics` list (repeatable)."),
     ] = None,
     partitions: Annotated[int, typer.Option(min=1, help="Partitions of each new topic.")] = 3,
-    replication_factor: Annotated[int, typer.Option(min=1, help="Replication factor of each new topic.")] = 1,
+    replication_factor: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Replication factor of new topics; the cluster's default.replication.factor if unset."
+        ),
+    ] = None,
     retention_ms: Annotated[
         int | None,
         typer.Option(min=-1, help="retention.ms of new topics (-1 = forever); broker default if unset."),

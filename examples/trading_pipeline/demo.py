@@ -161,7 +161,7 @@ async def run_demo(*, duration_s: float, rate_per_s: float, settings: Settings |
     specs = bootstrap_specs(
         topics,
         partitions=PARTITIONS,
-        replication_factor=1,
+        replication_factor=None,  # the cluster's default.replication.factor
         retention_ms=RETENTION_MS,
         dlq_retention_ms=RETENTION_MS,
         with_dlq=True,

@@ -16,10 +16,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -47,8 +47,21 @@ SERVICE_ENV = {
 }
 
 
+class Stack(Protocol):
+    """Where a scenario's services connect: the single-node fault stack or the cluster."""
+
+    kafka: str
+    redis: str
+    replication_factor: int
+    env: Mapping[str, str]
+    """Settings every service process gets on top of `SERVICE_ENV` (e.g. a cluster Redis client)."""
+
+
 class FaultStack:
     """Starts and stops the suite's own Kafka and Redis through `scripts/stack.sh`."""
+
+    replication_factor = 1
+    env: Mapping[str, str] = {}
 
     def __init__(self, kafka: str = FAULT_KAFKA, redis: str = FAULT_REDIS) -> None:
         self.kafka = kafka
@@ -229,7 +242,7 @@ class Scenario:
     """One scenario's topic, group, ledger and processes, and the checks every scenario ends with."""
 
     name: str
-    stack: FaultStack
+    stack: Stack
     root: Path
     env: dict[str, str] = field(default_factory=dict)
     app: str = LEDGER_APP
@@ -253,6 +266,7 @@ class Scenario:
         return {
             **os.environ,
             **SERVICE_ENV,
+            **self.stack.env,
             **self.env,
             "KAFKA_BOOTSTRAP_SERVERS": self.stack.kafka,
             "REDIS_URL": self.stack.redis,
@@ -269,7 +283,7 @@ class Scenario:
         try:
             await admin.create_topics(
                 [
-                    NewTopic(t, num_partitions=PARTITIONS, replication_factor=1)
+                    NewTopic(t, num_partitions=PARTITIONS, replication_factor=self.stack.replication_factor)
                     for t in (self.topic, self.dlq_topic)
                 ]
             )
@@ -437,6 +451,16 @@ class Verdict:
             f"dlq_duplicates={self.dlq_duplicates} dlq_missing={self.dlq_missing} "
             f"lag={self.lag} duplicates_prevented={self.deduplicated} {extra}"
         ).rstrip()
+
+
+def assert_exactly_once(verdict: Verdict, *, repeated_effects_allowed: int = 0) -> None:
+    v = verdict
+    assert v.lost == 0, f"{v.lost} good events have no effect: {v.line()}"
+    assert v.duplicate_effects <= repeated_effects_allowed, v.line()
+    assert v.dlq_missing == 0, f"poison records missing from the DLQ: {v.line()}"
+    assert v.dlq_duplicates <= repeated_effects_allowed - v.duplicate_effects, v.line()
+    assert v.dlq_bytes_changed == 0, f"DLQ records differ from their originals: {v.line()}"
+    assert v.lag == 0, v.line()
 
 
 async def verify(scenario: Scenario, events: Sequence[Event], **figures: Any) -> Verdict:

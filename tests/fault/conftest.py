@@ -2,17 +2,22 @@
 
 The suite starts its own Kafka and Redis (see `_harness.FaultStack`) and prints every scenario's
 figures in pytest's terminal summary, so they are in the CI log whether the tests pass or fail.
+The `cluster` scenarios (`pytest -m cluster`) run on `scripts/cluster.sh`'s cluster instead
+(`_cluster.ClusterStack`); after each one every node is started again, so a scenario that failed
+half-way leaves no broker or Redis master down for the next.
 """
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import unavailable
-from tests.fault._harness import LEDGER_APP, FaultStack, Scenario, Verdict
+from tests.fault._cluster import ClusterStack
+from tests.fault._harness import LEDGER_APP, FaultStack, Scenario, Stack, Verdict
 
 FIGURES: list[str] = []
 
@@ -28,12 +33,26 @@ def fault_stack() -> Iterator[FaultStack]:
     stack.down()
 
 
-@pytest.fixture
-def scenario(fault_stack: FaultStack, tmp_path: Path) -> Iterator[Callable[..., Scenario]]:
+@pytest.fixture(scope="session")
+def cluster_stack() -> Iterator[ClusterStack]:
+    stack = ClusterStack()
+    was_up = stack.answers()
+    try:
+        stack.up()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        unavailable(
+            f"scripts/cluster.sh's Kafka cluster and Redis Cluster ({stack.kafka}, {stack.redis}) ({exc})"
+        )
+    yield stack
+    if not was_up:  # a cluster someone else started stays up
+        stack.down()
+
+
+def _scenarios(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., Scenario]]:
     made: list[Scenario] = []
 
     def make(name: str, *, app: str = LEDGER_APP, **env: str) -> Scenario:
-        made.append(Scenario(name, fault_stack, tmp_path, env=env, app=app))
+        made.append(Scenario(name, stack, tmp_path, env=env, app=app))
         return made[-1]
 
     yield make
@@ -41,6 +60,17 @@ def scenario(fault_stack: FaultStack, tmp_path: Path) -> Iterator[Callable[..., 
         for process in each.processes:
             if process.alive():
                 process.kill()
+
+
+@pytest.fixture
+def scenario(fault_stack: FaultStack, tmp_path: Path) -> Iterator[Callable[..., Scenario]]:
+    yield from _scenarios(fault_stack, tmp_path)
+
+
+@pytest.fixture
+def cluster_scenario(cluster_stack: ClusterStack, tmp_path: Path) -> Iterator[Callable[..., Scenario]]:
+    yield from _scenarios(cluster_stack, tmp_path)
+    cluster_stack.up()  # every node the scenario stopped or killed runs again
 
 
 def report(verdict: Verdict) -> None:

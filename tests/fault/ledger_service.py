@@ -1,7 +1,8 @@
 """The service under fault injection: `faststream run tests.fault.ledger_service:app`.
 
 Built with `StreamServiceBuilder` exactly as a user would (dedup, error routing, metrics), all
-configuration from the environment (`KAFKA_BOOTSTRAP_SERVERS`, `REDIS_URL`, `ALPHA_*`), plus:
+configuration from the environment (`KAFKA_BOOTSTRAP_SERVERS`, `REDIS_URL`, `ALPHA_*`; the Redis
+client is `alpha_streaming.redis_client`, a Redis Cluster client under `ALPHA_REDIS_CLUSTER=true`), plus:
 - `FAULT_SERVICE`, `FAULT_TOPIC`, `FAULT_GROUP`: what it is called and consumes;
 - `FAULT_LEDGER_DIR`: where the handler records its side effect, one line per completed event
   (`event_id partition offset pid time`), appended with one unbuffered `write` to a file of its own
@@ -25,9 +26,8 @@ from pathlib import Path
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import BaseModel
-from redis.asyncio import Redis
 
-from alpha_streaming import Settings, StreamServiceBuilder, TransientError
+from alpha_streaming import Settings, StreamServiceBuilder, TransientError, redis_client
 from middlewares import CurrentBrokerContext, CurrentEnvelope
 
 METRICS_EVERY_S = 0.1
@@ -103,7 +103,7 @@ async def handle(order: FaultOrder, envelope: CurrentEnvelope, ctx: CurrentBroke
 
 service = (
     StreamServiceBuilder(os.environ["FAULT_SERVICE"], settings.redpanda, settings)
-    .with_redis(Redis.from_url(settings.redis_url))
+    .with_redis(redis_client(settings))
     .with_error_handling()
     .with_metrics(meter_provider=meter_provider)
     .add_consumer_handler(

@@ -22,7 +22,7 @@ import pytest
 
 from tests.fault._harness import (
     Scenario,
-    Verdict,
+    assert_exactly_once,
     make_events,
     outage,
     publish,
@@ -46,16 +46,6 @@ MAX_POLL_INTERVAL_S = 4.0
 SLOW_HANDLER_S = 6.0  # > MAX_POLL_INTERVAL_S: aiokafka leaves the group mid-handler
 
 MakeScenario = Callable[..., Scenario]
-
-
-def assert_exactly_once(verdict: Verdict, *, repeated_effects_allowed: int = 0) -> None:
-    v = verdict
-    assert v.lost == 0, f"{v.lost} good events have no effect: {v.line()}"
-    assert v.duplicate_effects <= repeated_effects_allowed, v.line()
-    assert v.dlq_missing == 0, f"poison records missing from the DLQ: {v.line()}"
-    assert v.dlq_duplicates <= repeated_effects_allowed - v.duplicate_effects, v.line()
-    assert v.dlq_bytes_changed == 0, f"DLQ records differ from their originals: {v.line()}"
-    assert v.lag == 0, v.line()
 
 
 async def test_sigkill_five_times_loses_nothing_and_repeats_at_most_the_events_in_flight(

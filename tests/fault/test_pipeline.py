@@ -32,6 +32,7 @@ from alpha_streaming import EventEnvelope
 from tests.fault._harness import (
     Event,
     Scenario,
+    assert_exactly_once,
     kill_at,
     make_events,
     publish,
@@ -40,7 +41,7 @@ from tests.fault._harness import (
     wait_until,
 )
 from tests.fault.conftest import report
-from tests.fault.test_faults import COMPLETION_TIMEOUT_S, POISON_EVERY, assert_exactly_once
+from tests.fault.test_faults import COMPLETION_TIMEOUT_S, POISON_EVERY
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration, pytest.mark.timeout(300)]
 

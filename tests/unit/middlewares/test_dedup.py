@@ -12,6 +12,7 @@ import pytest
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from redis.asyncio import Redis
+from redis.exceptions import ClusterDownError
 
 from alpha_streaming._envelope import EventEnvelope
 from alpha_streaming._errors import ConfigError, RedeliveryRequested
@@ -105,3 +106,33 @@ async def test_redis_outage_fail_open_runs_the_handler_and_says_so(spy: Spy) -> 
         await br.publish(event(), TOPIC)
     assert calls == [1]
     assert spy.states[-1].redis_outage == "failed_open"
+
+
+class _ClusterDown:
+    """A Redis Cluster that lost a master: every script call answers CLUSTERDOWN."""
+
+    def register_script(self, script: str) -> Any:
+        async def refused(keys: Any, args: Any) -> Any:
+            raise ClusterDownError("The cluster is down")
+
+        return refused
+
+
+async def test_a_cluster_down_answer_is_an_outage_not_a_handler_failure(spy: Spy) -> None:
+    dedup = DeduplicationMiddleware(
+        _ClusterDown(),  # type: ignore[arg-type]
+        namespace=NAMESPACE,
+        settings=DedupSettings(outage_pause_s=0.3),
+    )
+    broker = stack(spy, dedup)
+    calls: list[int] = []
+
+    @broker.subscriber(TOPIC, group_id=GROUP, ack_policy=AckPolicy.MANUAL)
+    async def handle(body: dict[str, Any]) -> None:
+        calls.append(1)
+
+    async with TestKafkaBroker(broker) as br:
+        with pytest.raises(RedeliveryRequested, match="Redis unavailable"):
+            await br.publish(event(), TOPIC)
+    assert calls == []  # paused and redelivered, never retried into the DLQ without dedup
+    assert spy.states[-1].redis_outage == "paused"

@@ -30,7 +30,8 @@ from alpha_streaming._errors import (
     TransientError,
 )
 from middlewares._committer import CommitWindow, first_offsets
-from middlewares._dead_letter import _DlqTopic, _fit
+from middlewares._dead_letter import _fit
+from middlewares._dlq_topics import DlqTopic as _DlqTopic
 from middlewares._envelope import EnvelopeMiddleware
 from middlewares._error_routing import ErrorRoutingMiddleware
 from middlewares._retry import Budget, RetryPolicy
