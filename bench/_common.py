@@ -102,6 +102,23 @@ async def wait_assigned(assignment: Callable[[], set[Any]], timeout_s: float = 6
             await asyncio.sleep(0.01)
 
 
+class Fill(BaseModel):
+    """The benchmarks' payload: a fill of the kind the trading pipeline carries."""
+
+    order_id: str
+    symbol: str
+    qty: int
+    price: str
+    strategy: str
+
+
+def fills(count: int) -> list[Fill]:
+    return [
+        Fill(order_id=f"o-{n}", symbol="NIFTY", qty=n % 50 + 1, price="101.25", strategy="s1")
+        for n in range(count)
+    ]
+
+
 async def prefill_envelopes(bootstrap: str, topic: str, events: Sequence[BaseModel]) -> None:
     """Write `events` to `topic` as enhanced-tier envelopes (ids, headers) and wait for all acks."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)

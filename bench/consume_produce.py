@@ -48,11 +48,10 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
-from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel
 
 from alpha_streaming import DedupSettings, RedpandaSettings, make_broker
-from bench._common import Row, interleaved, prefill_envelopes, topics
+from bench._common import Fill, Row, fills, interleaved, prefill_envelopes, topics
 from middlewares import EnhancedTier
 
 PLAIN, ENHANCED = "plain", "enhanced"
@@ -71,16 +70,6 @@ POLL_S = 0.01
 RUN_TIMEOUT_S = 120.0
 
 
-class Fill(BaseModel):
-    """The input event's payload (as in bench/enhanced.py)."""
-
-    order_id: str
-    symbol: str
-    qty: int
-    price: str
-    strategy: str
-
-
 class Position(BaseModel):
     """The child event the handler returns for each fill."""
 
@@ -88,13 +77,6 @@ class Position(BaseModel):
     strategy: str
     symbol: str
     quantity: int
-
-
-def fills(count: int) -> list[Fill]:
-    return [
-        Fill(order_id=f"o-{n}", symbol="NIFTY", qty=n % 50 + 1, price="101.25", strategy="s1")
-        for n in range(count)
-    ]
 
 
 class OutputCounter:
@@ -185,7 +167,6 @@ async def measure(
             redis=redis,
             dedup=DEDUP,
             dedup_namespace=f"bench-cp-{uuid.uuid4().hex[:8]}",  # nothing seen yet
-            tracer_provider=TracerProvider(),  # spans are recorded, exported nowhere
         )
         broker = tier.broker(settings, logger=None)
         app = tier.install(FastStream(broker, logger=None))

@@ -50,14 +50,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
-from pydantic import BaseModel
 
-from alpha_streaming import ConsumerSettings, EventEnvelope, RedpandaSettings, make_broker
-from bench._common import Row, interleaved, topics
+from alpha_streaming import ConsumerSettings, RedpandaSettings, make_broker
+from bench._common import Fill, Row, fills, interleaved, prefill_envelopes, topics
 from middlewares import EnhancedTier
 
 SINGLE, BATCH = "single", "batch"
@@ -77,35 +75,8 @@ BATCH_MAX_RECORDS = 500
 RUN_TIMEOUT_S = 120.0
 
 
-class Fill(BaseModel):
-    """The benchmark's payload: a fill of the kind the trading pipeline carries."""
-
-    order_id: str
-    symbol: str
-    qty: int
-    price: str
-    strategy: str
-
-
 async def prefill(bootstrap: str, topic: str, count: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
-    await producer.start()
-    try:
-        for n in range(count):
-            fill = Fill(order_id=f"o-{n}", symbol="NIFTY", qty=n % 50 + 1, price="101.25", strategy="s1")
-            envelope = EventEnvelope.create(
-                type="OrderFilled", data=fill, source="bench", key=f"s1:{n % 64}", broker="paper"
-            )
-            headers = [(k, v.encode()) for k, v in envelope.headers().items()]
-            await producer.send(
-                topic,
-                envelope.to_bytes(),
-                key=envelope.key.encode() if envelope.key else None,
-                headers=headers,
-            )
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await prefill_envelopes(bootstrap, topic, fills(count))
 
 
 class _Clock:

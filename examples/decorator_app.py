@@ -48,7 +48,7 @@ POSITIONS = topics.topic("positions", "updated")
 
 redis = Redis.from_url(settings.redis_url)
 tier = EnhancedTier(SERVICE, settings=settings, redis=redis)
-broker = tier.broker(settings.redpanda)
+broker = tier.broker()
 app = tier.install(
     FastStream(
         broker,

@@ -141,7 +141,8 @@ class _DedupRuntime(BaseMiddleware[Any, Any]):
             return await call_next(msg)
         if not fresh:
             self._deduplicated = True
-            state.outcome = Outcome.DEDUPLICATED
+            state.outcome = Outcome.DEDUPLICATED  # counted as outcome="deduplicated" by metrics
+            log.debug("duplicate suppressed: the event is already done")
             raise AckMessage()
         claimed = [keys[i] for i in fresh]
         if batch and len(fresh) < len(ids):

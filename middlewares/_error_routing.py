@@ -8,24 +8,18 @@ It owns delivery for enhanced subscribers (which run with `AckPolicy.MANUAL`):
   when the budget is spent -> written to `<topic>.dlq`, and only once the broker acknowledged
   that write -> DEAD_LETTERED, offset committed. A handler's `NackMessage` is such an error
   (transient: retried, then dead-lettered); its `RejectMessage` is dead-lettered at once;
-- `RedeliveryRequested` (Redis down too long), or a DLQ write that failed -> REDELIVER: nothing
-  committed; after `policy.redelivery_delay_s` the consumer seeks back to the record, so it
-  comes again (no hot loop, never dropped).
+- `RedeliveryRequested` (Redis down too long) or a failed DLQ write -> REDELIVER: not committed;
+  after `policy.redelivery_delay_s` the consumer seeks back to it (no hot loop, never dropped).
 
 Commits carry explicit offsets: per partition the low-water mark (`_low_water.CommitWindow`),
 never past a record in flight or sought back to. A record is finished in `after_processed`, after
-every output was acknowledged (`OutputsMiddleware`) and dedup wrote its done marker; the commit
-goes out in the background after `commit_every` outcomes or `commit_interval_s` (`commit_every=1`:
-awaited per message, 7-10 ms on Kafka 4.1). It is awaited before any seek, after a dead-letter
-write, from `drain()` and `close()`, and for the partitions a rebalance revokes (the listener
-`EnhancedTier.install` gives each subscriber).
+its outputs were acknowledged and dedup wrote its done marker; the commit goes out in the
+background (`commit_every` / `commit_interval_s`), and is awaited before a seek, after a DLQ write,
+on `drain()`/`close()` and for the partitions a rebalance revokes.
 
-Batch subscribers: the batch is retried as a unit; when its budget is spent every record of it
-is dead-lettered with its own original bytes (the handler gave no per-record verdict, and the
-records are committed together, so none may be committed without a DLQ copy).
-
-A dead-lettered or redelivered message ends with `AckMessage`, so a handler's `@publisher` does
-not publish an empty body; this middleware suppresses it again in `after_processed`.
+A batch is retried as a unit; when its budget is spent every record is dead-lettered with its own
+bytes. Dead-lettered or redelivered messages end with `AckMessage` (no empty publish). Being in
+every tier, this middleware also binds the record to the log lines written meanwhile.
 """
 
 from __future__ import annotations
@@ -39,6 +33,7 @@ from faststream.message import SourceType
 from faststream.middlewares import AckPolicy
 
 from alpha_streaming._errors import ConfigError, RedeliveryRequested
+from alpha_streaming._logging import bind_record, unbind_record
 from middlewares._committer import Claim, Commits
 from middlewares._dead_letter import DeadLetterSink, DeadLetterWriter
 from middlewares._header_escape import escape_unreadable_headers, restore_original_headers
@@ -48,6 +43,7 @@ from middlewares._state import MessageState, Outcome, state_of
 
 if TYPE_CHECKING:
     from collections.abc import Collection
+    from contextvars import Token
     from types import TracebackType
 
     from aiokafka import ConsumerRecord, TopicPartition
@@ -116,7 +112,7 @@ class ErrorRoutingMiddleware:
 
 
 class _ErrorRouting(BaseMiddleware[Any, Any]):
-    __slots__ = ("_claim", "_commit", "_config", "_consumer", "_flush", "_records", "_suppress")
+    __slots__ = ("_claim", "_commit", "_config", "_consumer", "_flush", "_log_token", "_records", "_suppress")
 
     def __init__(self, msg: Any, /, *, context: ContextRepo, config: ErrorRoutingMiddleware) -> None:
         super().__init__(msg, context=context)
@@ -128,8 +124,10 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
         self._suppress = False
         # A dead-lettered outcome is committed at once: nothing else is waiting for it.
         self._flush = False
+        self._log_token: Token[Any] | None = None
 
     async def on_receive(self) -> None:
+        self._log_token = bind_record(self.msg)
         raw = self.msg
         for record in raw if isinstance(raw, list | tuple) else (raw,):
             escape_unreadable_headers(record)
@@ -192,6 +190,14 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
         exc_type: type[BaseException] | None = None,
         exc_val: BaseException | None = None,
         exc_tb: TracebackType | None = None,
+    ) -> bool | None:
+        try:
+            return await self._settle(exc_type, exc_val)
+        finally:
+            unbind_record(self._log_token)
+
+    async def _settle(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None
     ) -> bool | None:
         if not self._records:
             # consume_scope never ran: FastStream's parser failed on the raw record (e.g. a

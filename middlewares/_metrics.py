@@ -25,7 +25,6 @@ from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import Status, StatusCode
 
 from alpha_streaming._errors import ConfigError
-from alpha_streaming._logging import bind_record, unbind_record
 from alpha_streaming._settings import DEFAULT_LISTEN_HOST
 from alpha_streaming._topics import broker_from_topic
 from middlewares import _prometheus
@@ -34,7 +33,6 @@ from middlewares._prometheus import MetricSample
 from middlewares._state import MessageState, Outcome, state_of
 
 if TYPE_CHECKING:
-    from contextvars import Token
     from types import TracebackType
 
     from faststream._internal.basic_types import AsyncFuncAny
@@ -157,7 +155,7 @@ class MetricsMiddleware:
 
 
 class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
-    __slots__ = ("_consumed", "_factory", "_log_token", "_telemetry")
+    __slots__ = ("_consumed", "_factory", "_telemetry")
 
     def __init__(
         self,
@@ -172,10 +170,8 @@ class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
         self._factory = factory
         self._telemetry = telemetry
         self._consumed = False
-        self._log_token: Token[Any] | None = None
 
     async def on_receive(self) -> None:
-        self._log_token = bind_record(self.msg)
         if self._telemetry is not None:
             await self._telemetry.on_receive()
 
@@ -196,7 +192,6 @@ class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
             # FastStream failed to parse the record (e.g. a header value that is not UTF-8), so
             # no consume_scope ran; count it from the outcome error routing left on the record.
             self._record_unparsed(exc_val)
-        unbind_record(self._log_token)
         # Ends the consumer span, after any handler-result publish (a child of it) is done.
         if self._telemetry is None:
             return None
@@ -254,8 +249,6 @@ class _MetricsRuntime(BaseMiddleware["KafkaPublishCommand", Any]):
             counts = {}
             for record in records:
                 counts[record.topic] = counts.get(record.topic, 0) + 1
-        if outcome is Outcome.DEDUPLICATED:  # routine: counted as outcome="deduplicated"
-            log.debug("duplicate suppressed: the event is already done or in flight")
         for topic, count in counts.items():
             factory.series(instruments.messages, topic, label, "outcome").value += count
             instruments.duration.record(duration, factory.attributes(topic, label, "outcome"))

@@ -79,6 +79,7 @@ class EnhancedTier:
         if not service:
             raise ConfigError("EnhancedTier needs the service name, got an empty string")
         self.service = service
+        self._redpanda = settings.redpanda if settings is not None else None
         dedup = dedup or (settings.dedup if settings is not None else DedupSettings())
         consumer = consumer or (settings.consumer if settings is not None else ConsumerSettings())
         metric_settings = settings.metrics if settings is not None else MetricsSettings()
@@ -124,10 +125,13 @@ class EnhancedTier:
     ) -> KafkaBroker:
         """A `KafkaBroker` carrying this tier, its subscribers `AckPolicy.MANUAL` by default.
 
+        `config` defaults to the tier's `settings.redpanda` (else read from the environment);
         `outer` middlewares go outside the tier's; `options` go to `KafkaBroker` as they are.
         """
+        if config is None:
+            config = self._redpanda if self._redpanda is not None else Settings().redpanda
         return make_broker(
-            config if config is not None else Settings().redpanda,
+            config,
             middlewares=(*outer, *self.middlewares),
             ack_policy=AckPolicy.MANUAL,
             **options,

@@ -1,8 +1,4 @@
-"""`ActivityProbe`: when each topic last finished a message, for the health report's freshness.
-
-Being the builder's outermost middleware, it also binds the record to the log lines written
-while it is processed (`alpha_streaming._logging.bind_record`).
-"""
+"""`ActivityProbe`: when each topic last finished a message, for the health report's freshness."""
 
 from __future__ import annotations
 
@@ -11,10 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from faststream import BaseMiddleware
 
-from alpha_streaming._logging import bind_record, unbind_record
-
 if TYPE_CHECKING:
-    from contextvars import Token
     from types import TracebackType
 
     from faststream import ContextRepo
@@ -37,15 +30,11 @@ class ActivityProbe:
 
 
 class _ActivityRecorder(BaseMiddleware):
-    __slots__ = ("_log_token", "_probe")
+    __slots__ = ("_probe",)
 
     def __init__(self, msg: Any, /, *, context: ContextRepo, probe: ActivityProbe) -> None:
         super().__init__(msg, context=context)
         self._probe = probe
-        self._log_token: Token[Any] | None = None
-
-    async def on_receive(self) -> None:
-        self._log_token = bind_record(self.msg)
 
     async def after_processed(
         self,
@@ -53,7 +42,6 @@ class _ActivityRecorder(BaseMiddleware):
         exc_val: BaseException | None = None,
         exc_tb: TracebackType | None = None,
     ) -> bool | None:
-        unbind_record(self._log_token)
         topic = getattr(self.msg, "topic", None)  # None for publishes and batches
         if isinstance(topic, str):
             self._probe.last_message_at[topic] = time.monotonic()

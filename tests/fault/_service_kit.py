@@ -1,6 +1,6 @@
-"""What the pipeline scenario's service processes share: the ledger and the per-process figures.
+"""What the fault suite's service processes share: the ledger and the per-process figures.
 
-The same contract as `ledger_service`: one ledger line per effect, appended with a single
+One ledger line per effect, appended with a single
 unbuffered `os.write` to `FAULT_LEDGER_DIR/ledger-<pid>.txt` (`event_id partition offset pid time`,
 then any extra fields), so a SIGKILL keeps every effect that happened and invents none; every
 100 ms the process's counters (`alpha.messages` by outcome, Redis outages by mode) go to

@@ -263,9 +263,7 @@ async def test_decorator_app_under_faststream_run(
     dead_lettered = rf"^{stamp} {routing}: EnvelopeError on {where} .*dead-lettered.* \[{where}\]$"
     assert re.search(dead_lettered, output, re.M), output
     ids = f"event={fill.id} correlation={fill.correlation_id}"
-    duplicate = (
-        rf"^{stamp} DEBUG +middlewares\._metrics: duplicate suppressed.* \[{where} {re.escape(ids)}\]$"
-    )
+    duplicate = rf"^{stamp} DEBUG +middlewares\._dedup: duplicate suppressed.* \[{where} {re.escape(ids)}\]$"
     assert re.search(duplicate, output, re.M), output
 
 

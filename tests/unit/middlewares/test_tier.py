@@ -315,7 +315,7 @@ def test_background_commits_are_the_default_with_or_without_dedup() -> None:
         {"consumer": ConsumerSettings(commit_every=50)},
         {"redis": Redis(), "settings": Settings(dedup=DedupSettings(enabled=False))},
     ):
-        tier = EnhancedTier(SERVICE, metrics=False, **tier_options)  # type: ignore[arg-type]
+        tier = EnhancedTier(SERVICE, metrics=False, **tier_options)
         assert tier.dedup is None
         assert tier.routing.commit_every in (50, AUTO_COMMIT_EVERY)
     assert enhanced_stack(service=SERVICE, metrics=False, commit_every=50)[0].commit_every == 50
@@ -386,3 +386,9 @@ async def test_metrics_follow_the_settings_unless_told_otherwise() -> None:
 async def _finished(commits: Any, consumer: Any, records: tuple[Any, ...]) -> None:
     """One outcome as error routing reports it: the records taken in flight, then finished."""
     await commits.finish(commits.begin(consumer, records))
+
+
+def test_the_broker_connects_where_the_tier_settings_say() -> None:
+    settings = Settings(redpanda=RedpandaSettings(bootstrap_servers="kafka-a:9092,kafka-b:9092"))
+    broker = EnhancedTier("svc", settings=settings, metrics=False).broker()
+    assert broker._connection_kwargs["bootstrap_servers"] == ["kafka-a:9092", "kafka-b:9092"]
