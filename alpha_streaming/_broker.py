@@ -7,7 +7,6 @@ the clients FastStream opened before the failure closed (no "Unclosed AIOKafkaPr
 
 from __future__ import annotations
 
-import ssl
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -16,19 +15,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka import errors as ak
 from faststream.exceptions import IncorrectState
 from faststream.kafka import KafkaBroker
-from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
-from alpha_streaming._errors import ClientStateError, KafkaClientError
+from alpha_streaming._connection_errors import describe_error, raise_connection_error
+from alpha_streaming._errors import ClientStateError
+from alpha_streaming._security import SecurityOverride, broker_security, with_security
 from alpha_streaming._settings import RedpandaSettings
 
 __all__ = ("broker_security", "describe_error", "make_broker", "raw_producer")
-
-
-def describe_error(exc: BaseException) -> str:
-    """`Class: message`, without repeating the class name that aiokafka's messages already start with."""
-    text = str(exc)
-    name = type(exc).__name__
-    return text if text.startswith(name) else f"{name}: {text}"
 
 
 class _Broker(KafkaBroker):
@@ -42,10 +35,7 @@ class _Broker(KafkaBroker):
         except (ak.KafkaError, OSError) as exc:
             await _stop_orphan_producers(exc)
             await self.config.disconnect()
-            raise KafkaClientError(
-                f"cannot connect to Kafka at {self.servers_text}: {describe_error(exc)}; check "
-                "--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS / ALPHA_REDPANDA_BOOTSTRAP_SERVERS"
-            ) from exc
+            await raise_connection_error(self._connection_kwargs, exc)
 
 
 async def _stop_orphan_producers(exc: BaseException) -> None:
@@ -57,40 +47,22 @@ async def _stop_orphan_producers(exc: BaseException) -> None:
                 await value.stop()
 
 
-def broker_security(config: RedpandaSettings) -> BaseSecurity | None:
-    """FastStream's security object for the configured protocol (None for PLAINTEXT)."""
-    protocol = config.security_protocol
-    if protocol == "PLAINTEXT":
-        return None
-    use_ssl = protocol in {"SSL", "SASL_SSL"}
-    context = ssl.create_default_context(cafile=config.ssl_cafile) if use_ssl else None
-    if protocol == "SSL":
-        return BaseSecurity(ssl_context=context, use_ssl=True)
-    # The settings validator guarantees the SASL fields are present here.
-    assert config.sasl_username is not None and config.sasl_password is not None
-    sasl = {
-        "PLAIN": SASLPlaintext,
-        "SCRAM-SHA-256": SASLScram256,
-        "SCRAM-SHA-512": SASLScram512,
-    }[config.sasl_mechanism or "PLAIN"]
-    return sasl(
-        config.sasl_username,
-        config.sasl_password.get_secret_value(),
-        ssl_context=context,
-        use_ssl=use_ssl,
-    )
-
-
 def make_broker(
     config: RedpandaSettings,
     *,
     middlewares: Sequence[Any] = (),
+    security: SecurityOverride | None = None,
     **options: Any,
 ) -> KafkaBroker:
     """A `KafkaBroker` whose producer is idempotent (`acks="all"`) and tuned from `config`.
 
+    `security` (an `ssl.SSLContext` or a FastStream security object) is the same as
+    `RedpandaSettings(..., security=...)`, checked the same way; the settings field is what the
+    other entry points (clients, builder, `EnhancedTier`, `connected_broker`) read.
     `options` are passed to `KafkaBroker` as they are (e.g. `ack_policy`, `graceful_timeout`).
     """
+    if security is not None:
+        config = with_security(config, security)
     broker = _Broker(
         # A list: KafkaBroker wraps a string into a one-item list, which aiokafka never splits.
         config.bootstrap_servers,

@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from alpha_streaming._env_check import warn_unknown_env
 from alpha_streaming._errors import ConfigError
+from alpha_streaming._security import SecurityOverride, check_security
 
 __all__ = (
     "MAX_OUTAGE_PAUSE_S",
@@ -90,7 +91,11 @@ class _Settings(BaseSettings):
         try:
             super().__init__(**values)
         except (ValidationError, SettingsError) as exc:
-            raise _config_error(type(self).__name__, exc) from None
+            error: ConfigError | None = _config_error(type(self).__name__, exc)
+        else:
+            error = None
+        if error is not None:
+            raise error from None  # outside `except`: no __context__ holding pydantic's inputs
         warn_unknown_env(RedpandaSettings, Settings)
 
 
@@ -107,7 +112,9 @@ class _Section(BaseModel):
 class RedpandaSettings(_Settings):
     """How to reach Kafka/Redpanda; the single source of truth for both tiers' connections."""
 
-    model_config = SettingsConfigDict(env_prefix="ALPHA_REDPANDA_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="ALPHA_REDPANDA_", extra="forbid", arbitrary_types_allowed=True
+    )
 
     # A list, never one "a:1,b:2" string: FastStream's KafkaBroker wraps a string into a one-item
     # list that aiokafka never splits. NoDecode hands env strings to the validator, not to JSON.
@@ -123,7 +130,13 @@ class RedpandaSettings(_Settings):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # TLS (SSL, SASL_SSL): files are opened when the settings are validated (alpha_streaming._security).
     ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_key_password: SecretStr | None = None
+    security: SecurityOverride | None = Field(default=None, exclude=True, repr=False)
+    """For what settings cannot express: an `ssl.SSLContext`, or a FastStream security object."""
     # Producer tuning shared by both tiers. Idempotence and acks=all are not settings: always on.
     linger_ms: int = Field(default=5, ge=0)
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
@@ -149,18 +162,8 @@ class RedpandaSettings(_Settings):
         return servers
 
     @model_validator(mode="after")
-    def _sasl_is_complete(self) -> RedpandaSettings:
-        uses_sasl = self.security_protocol.startswith("SASL_")
-        if uses_sasl and (not self.sasl_mechanism or not self.sasl_username or not self.sasl_password):
-            raise ConfigError(
-                f"security_protocol={self.security_protocol} needs sasl_mechanism, sasl_username and "
-                "sasl_password (ALPHA_REDPANDA_SASL_MECHANISM / _SASL_USERNAME / _SASL_PASSWORD)"
-            )
-        if not uses_sasl and self.sasl_mechanism:
-            raise ConfigError(
-                f"sasl_mechanism={self.sasl_mechanism} is set but security_protocol is "
-                f"{self.security_protocol}; use SASL_PLAINTEXT or SASL_SSL"
-            )
+    def _security_is_consistent(self) -> RedpandaSettings:
+        check_security(self)
         return self
 
     @property
@@ -178,25 +181,40 @@ MAX_OUTAGE_PAUSE_S = 150.0
 
 
 class DedupSettings(_Section):
-    """Redis deduplication: lease while in flight, long-lived done marker after success.
+    """Redis deduplication: a lease while in flight, then a done marker kept for `window_s`.
 
-    `outage_pause_s`: how long one message waits for Redis to come back before it is redelivered
-    (`on_redis_outage="pause"`); bounded so a paused consumer stays in its group.
+    `window_s`: how long after an event is done a copy of it is still recognised (README, "The
+    dedup window"). The default hour covers what redelivers: a crash or rebalance (seconds to
+    minutes) and an upstream service re-running after its own restart; a DLQ replay runs again
+    by design. Redis holds ~30 bytes per event of the window. `done_ttl_s` is its former name,
+    still read. `outage_pause_s`: how long one message waits for Redis to come back before it is
+    redelivered (`on_redis_outage="pause"`); bounded so a paused consumer stays in its group.
     """
 
     enabled: bool = True
     lease_ttl_s: float = Field(default=30.0, gt=0)
-    done_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    window_s: float = Field(default=3600.0, gt=0)
+    done_ttl_s: float | None = Field(default=None, gt=0)
+    """Deprecated name of `window_s` (read when `window_s` is not given); reads back as `window_s`."""
     local_cache_size: int = Field(default=10_000, ge=0)
     on_redis_outage: Literal["pause", "fail_open"] = "pause"
     outage_pause_s: float = Field(default=30.0, gt=0, le=MAX_OUTAGE_PAUSE_S)
 
     @model_validator(mode="after")
-    def _lease_shorter_than_done(self) -> DedupSettings:
-        if self.done_ttl_s <= self.lease_ttl_s:
+    def _lease_shorter_than_window(self) -> DedupSettings:
+        name = "window_s"
+        if self.done_ttl_s is not None and "window_s" not in self.model_fields_set:
+            self.window_s, name = self.done_ttl_s, "done_ttl_s"
+        elif self.done_ttl_s is not None and self.done_ttl_s != self.window_s:
             raise ConfigError(
-                f"dedup needs lease_ttl_s < done_ttl_s, got lease_ttl_s={self.lease_ttl_s}, "
-                f"done_ttl_s={self.done_ttl_s}"
+                f"dedup: done_ttl_s is the former name of window_s; give one, got "
+                f"window_s={self.window_s}, done_ttl_s={self.done_ttl_s}"
+            )
+        self.done_ttl_s = self.window_s
+        if self.window_s <= self.lease_ttl_s:
+            raise ConfigError(
+                f"dedup needs lease_ttl_s < {name}, got lease_ttl_s={self.lease_ttl_s}, "
+                f"{name}={self.window_s}"
             )
         return self
 

@@ -22,14 +22,20 @@ from typing import Any
 
 from bench._common import Row, Table, rate_table
 
-BENCHMARKS = ("direct", "enhanced", "consume_produce", "latency", "dedup", "rss")
+BENCHMARKS = ("direct", "enhanced", "consume_produce", "concurrency", "latency", "dedup", "rss")
 # Report sections are per module except these: consume -> produce is another enhanced-vs-plain
-# comparison, so its table goes into the `enhanced` section (report.json keeps five sections).
-SECTION_OF = {"consume_produce": "enhanced"}
+# comparison, and so is concurrency: their tables go into the `enhanced` section.
+SECTION_OF = {"consume_produce": "enhanced", "concurrency": "enhanced"}
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # `--quick` (a smoke run, about a minute): messages per run for the modules sized by --messages;
 # latency and rss shorten themselves when `args.quick` is set.
-QUICK_MESSAGES = {"direct": 5_000, "enhanced": 200, "consume_produce": 200, "dedup": 2_000}
+QUICK_MESSAGES = {
+    "direct": 5_000,
+    "enhanced": 200,
+    "consume_produce": 200,
+    "concurrency": 300,
+    "dedup": 2_000,
+}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

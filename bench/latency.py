@@ -8,9 +8,9 @@ fresh 3-partition topic and a fresh consumer group; the service joins before sen
 
 Variants:
 - `plain`: a FastStream subscriber, no middlewares, ACK_FIRST (aiokafka auto-commit).
-- `builder, commit_every=100`: a `StreamServiceBuilder` service (envelope, error routing, Redis
-  dedup; MANUAL), commits coalesced per 100 outcomes or 0.5 s.
-- `builder, commit per message`: the same with the default `commit_every=1`.
+- `builder, defaults`: a `StreamServiceBuilder` service (envelope, error routing, Redis dedup;
+  MANUAL; background commits), one handler at a time in partition order (`concurrency=1`).
+- `builder, concurrency=16`: the same with up to 16 handlers at once, in key order.
 
 A variant that cannot keep up is shown as such: `handled/s` below the target, a `backlog`
 (records sent but not yet handled when sending stopped) and latencies that grow with the run.
@@ -34,7 +34,6 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import BaseModel
 
 from alpha_streaming import (
-    ConsumerSettings,
     DedupSettings,
     RedpandaSettings,
     Settings,
@@ -47,11 +46,11 @@ from bench.direct import raw_producer_options
 RATES = (1_000, 5_000)
 PARTITIONS = 3
 SENT_HEADER = "bench-sent-ns"
-PLAIN, COALESCED, PER_MESSAGE = "plain", "coalesced", "per-message"
+PLAIN, DEFAULTS, CONCURRENT = "plain", "defaults", "concurrent"
 VARIANT_NAMES = {
     PLAIN: "plain subscriber, ACK_FIRST",
-    COALESCED: "builder, commit_every=100",
-    PER_MESSAGE: "builder, commit per message",
+    DEFAULTS: "builder, defaults (concurrency=1)",
+    CONCURRENT: "builder, concurrency=16",
 }
 DEDUP = DedupSettings(done_ttl_s=600)  # bench keys expire soon instead of after a week
 
@@ -122,18 +121,21 @@ def _plain(config: RedpandaSettings, topic: str, recorder: Recorder) -> KafkaBro
 
 
 def _built(
-    config: RedpandaSettings, topic: str, recorder: Recorder, redis: aioredis.Redis, commit_every: int
+    config: RedpandaSettings, topic: str, recorder: Recorder, redis: aioredis.Redis, concurrency: int
 ) -> Any:
     async def on_tick(tick: Tick, message: KafkaMessage) -> None:
         recorder.record(message.headers)
 
-    settings = Settings(redpanda=config, dedup=DEDUP, consumer=ConsumerSettings(commit_every=commit_every))
+    settings = Settings(redpanda=config, dedup=DEDUP)
     return (
         StreamServiceBuilder("bench-latency", config, settings)
         .with_redis(redis)
         .with_error_handling()
         .add_consumer_handler(
-            topics=[topic], group_id=f"bench-lat-{uuid.uuid4().hex[:8]}", handler_func=on_tick
+            topics=[topic],
+            group_id=f"bench-lat-{uuid.uuid4().hex[:8]}",
+            handler_func=on_tick,
+            concurrency=concurrency,
         )
         .build()
     )
@@ -155,7 +157,7 @@ async def measure(
         broker = _plain(config, topic, recorder)
         start, stop = broker.start, broker.stop
     else:
-        service = _built(config, topic, recorder, redis, 100 if variant == COALESCED else 1)
+        service = _built(config, topic, recorder, redis, 16 if variant == CONCURRENT else 1)
         broker, start, stop = service.broker, service.start, service.stop
     await start()
     try:
@@ -229,7 +231,7 @@ async def run(args: argparse.Namespace) -> list[Table]:
     try:
         async with topics(args.bootstrap, partitions=PARTITIONS) as new_topic:
             for rate in RATES:
-                for variant in (PLAIN, COALESCED, PER_MESSAGE):
+                for variant in (PLAIN, DEFAULTS, CONCURRENT):
                     topic = await new_topic(f"latency-{rate}")
                     table.rows.append(await measure(variant, rate, topic, timing, args.bootstrap, redis))
     finally:

@@ -47,7 +47,10 @@ def build_service(settings: Settings, redis: Redis, broker: str) -> StreamServic
     built = (
         StreamServiceBuilder("legacy-risk-gate", settings.redpanda, settings)
         .add_consumer_handler(
-            topics=[topics.signals_raw], group_id="legacy-risk-gate.signals", handler_func=handle
+            topics=[topics.signals_raw],
+            group_id="legacy-risk-gate.signals",
+            handler_func=handle,
+            concurrency=8,  # up to 8 signals at once; each strategy:token key in order
         )
         .with_metrics()
         .add_producer(topics=[topics.signals_validated])

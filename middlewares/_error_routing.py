@@ -36,6 +36,7 @@ from alpha_streaming._errors import ConfigError, RedeliveryRequested
 from alpha_streaming._logging import bind_record, unbind_record
 from middlewares._committer import Claim, Commits
 from middlewares._dead_letter import DeadLetterSink, DeadLetterWriter
+from middlewares._gate import Superseded, supersede_after, take_claim, wait_turn
 from middlewares._header_escape import escape_unreadable_headers, restore_original_headers
 from middlewares._metrics import RAW_OUTCOME_ATTRIBUTE
 from middlewares._retry import Budget, RetryPolicy
@@ -139,7 +140,7 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
         raw = msg.raw_message
         self._records = tuple(raw) if isinstance(raw, list | tuple) else (raw,)
         self._consumer = getattr(msg, "consumer", None)
-        self._claim = config.commits.begin(self._consumer, self._records)
+        self._claim = self._begin(self._records)
         state = state_of(msg)
         policy = config.policy
         attempt = 0
@@ -159,6 +160,9 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
                 state.error = exc
                 await self._redeliver(state, exc)
                 raise AckMessage() from exc
+            except Superseded:
+                self._superseded(state)
+                raise AckMessage() from None
             except Exception as exc:
                 # `NackMessage` is "not now": a transient failure. `RejectMessage` is "never":
                 # dead-lettered at once, whatever the policy, so it is not silently dropped.
@@ -178,6 +182,11 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
                     )
                     await policy.sleep(delay)
                     continue
+                try:
+                    await wait_turn(self._records)
+                except Superseded:
+                    self._superseded(state)
+                    raise AckMessage() from None
                 await self._dead_letter(state, exc, attempt)
                 raise AckMessage() from exc
             if state.outcome is None:
@@ -225,9 +234,14 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
             return None
         self._records = records
         self._consumer = getattr(records[0], "consumer", None) or getattr(subscriber, "consumer", None)
-        self._claim = self._config.commits.begin(self._consumer, records)
+        self._claim = self._begin(records)
         # No StreamMessage exists, so no shared state either; parsing cannot succeed on a retry.
         state = MessageState(attempts=1)
+        try:
+            await wait_turn(records)
+        except Superseded:
+            self._superseded(state)
+            return True
         await self._dead_letter(state, exc, 1)
         for record in records:
             # The metrics middleware counts an unparsed record from this mark.
@@ -235,6 +249,14 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
         if self._commit:
             await self._commit_quietly()
         return True
+
+    def _superseded(self, state: MessageState) -> None:
+        """An earlier record of the partition was sought back to: this one is read again after it."""
+        state.outcome = Outcome.REDELIVER
+        self._suppress = True
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            claim.window.unfinished(claim)
 
     async def _commit_quietly(self) -> None:
         try:
@@ -292,7 +314,14 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
 
     async def _rewind(self) -> None:  # at most once per message: the claim is given up here
         claim, self._claim = self._claim, None
+        supersede_after(self._records)
         await self._config.commits.rewind(self._consumer, claim, self._records)
+
+    def _begin(self, records: tuple[ConsumerRecord[Any, Any], ...]) -> Claim | None:
+        """The pipeline took a single record into the commit window at admission, in fetch order."""
+        if len(records) == 1 and (claim := take_claim(records[0])) is not None:
+            return claim
+        return self._config.commits.begin(self._consumer, records)
 
     def _where(self) -> str:
         first = self._records[0]

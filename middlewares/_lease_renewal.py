@@ -4,9 +4,10 @@ A task per message (sleep, renew, cancelled when the handler ends) cost a task c
 cancellation on every message, and a cancellation that hit a renewal mid-command left its Redis
 connection to the garbage collector. Here a message only records its lease (`hold`) and forgets it
 (`drop`): two dict operations. One timer fires every `every_s` while leases are live and renews
-them all from one task that is never cancelled (`close()` waits for it). A lease is renewed within
-`every_s` of being taken, a third of its TTL; the renew script extends only a lease its owner still
-holds, so renewing one that just ended is harmless.
+them all from one task that is never cancelled (`close()` waits for it), one Redis call per hash
+slot (`slot`: the group's key prefix; a Cluster call must stay in one slot). A lease is renewed
+within `every_s` of being taken, a third of its TTL; the renew script extends only a lease its
+owner still holds, so renewing one that just ended is harmless.
 """
 
 from __future__ import annotations
@@ -26,17 +27,17 @@ class LeaseRenewer:
 
     __slots__ = ("_every_s", "_live", "_loop", "_renew", "_task", "_timer")
 
-    def __init__(self, renew: Callable[[list[str], str], Awaitable[Any]], *, every_s: float) -> None:
-        """`renew(keys, owner)` extends the leases `owner` holds on `keys` (one Redis call)."""
+    def __init__(self, renew: Callable[[list[str], list[str]], Awaitable[Any]], *, every_s: float) -> None:
+        """`renew(keys, owners)` extends each key's lease held by its owner (one Redis call, one slot)."""
         self._renew = renew
         self._every_s = every_s
-        self._live: dict[str, list[str]] = {}
+        self._live: dict[str, tuple[str, list[str]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def hold(self, owner: str, keys: list[str]) -> None:
-        self._live[owner] = keys
+    def hold(self, owner: str, keys: list[str], slot: str = "") -> None:
+        self._live[owner] = (slot, keys)
         if self._timer is None or self._loop is not asyncio.get_running_loop():
             self._arm()
 
@@ -64,9 +65,14 @@ class LeaseRenewer:
             self._task = asyncio.get_running_loop().create_task(self._renew_all(dict(self._live)))
         self._arm()
 
-    async def _renew_all(self, live: dict[str, list[str]]) -> None:
-        for owner, keys in live.items():
+    async def _renew_all(self, live: dict[str, tuple[str, list[str]]]) -> None:
+        slots: dict[str, tuple[list[str], list[str]]] = {}
+        for owner, (slot, keys) in live.items():
+            slot_keys, owners = slots.setdefault(slot, ([], []))
+            slot_keys += keys
+            owners += [owner] * len(keys)
+        for keys, owners in slots.values():
             try:
-                await self._renew(keys, owner)
+                await self._renew(keys, owners)
             except Exception as exc:  # e.g. Redis down: retried next tick, before the lease TTL is out
                 log.warning("dedup: lease renewal failed (%s: %s)", type(exc).__name__, exc)

@@ -8,36 +8,39 @@ The middlewares, outermost first, in the one order that works:
 3. `EnvelopeMiddleware`: before dedup, which keys on the envelope id it validated.
 4. `DeduplicationMiddleware` (only with Redis): claims before the handler, marks done after it and
    its outputs succeeded.
-5. `OutputsMiddleware`: publishes the handler's return value and waits for Kafka's ack before the
+5. The pipeline's gate (`_pipeline`): a handler starts after the previous record of its key ended.
+6. `OutputsMiddleware`: publishes the handler's return value and waits for Kafka's ack before the
    done marker and the commit.
 
 A decorator user writes two lines — `broker = tier.broker()` and `tier.install(app)` — and the
 rest follows from `install`: at startup every subscriber's ack policy is checked once (it must be
-`AckPolicy.MANUAL`: error routing commits) and each gets the revoke listener that commits the
-finished work before a rebalance moves its partitions; before the broker stops, pending commits are
-flushed while the consumers are still group members; after it stopped, the DLQ producer and the
-Prometheus endpoint are released. `StreamServiceBuilder` uses the same object.
+`AckPolicy.MANUAL`: error routing commits), each single-message subscriber is pipelined
+(`concurrency`, `set_concurrency`) and each gets the revoke listener that finishes and commits
+the work of partitions a rebalance moves; before the broker stops, the records in flight finish
+and are committed while the consumers are still group members; after it stopped, the DLQ producer
+and the Prometheus endpoint are released. `StreamServiceBuilder` uses the same object.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
 
 from alpha_streaming._broker import make_broker
 from alpha_streaming._errors import ConfigError
 from alpha_streaming._settings import ConsumerSettings, DedupSettings, MetricsSettings, Settings
+from alpha_streaming._topic_check import declared_topics, require_topics
 from middlewares._committer import COMMIT_EVERY
 from middlewares._dedup import DeduplicationMiddleware
 from middlewares._envelope import EnvelopeMiddleware
 from middlewares._error_routing import ErrorRoutingMiddleware
 from middlewares._metrics import MetricsMiddleware
 from middlewares._outputs import OutputsMiddleware
+from middlewares._pipeline import Pipeline, checked_concurrency
+from middlewares._rebalance import Chained, RevokeListener, has_listener
 from middlewares._retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -51,6 +54,8 @@ __all__ = ("AUTO_COMMIT_EVERY", "EnhancedTier", "enhanced_stack", "wrong_ack_pol
 
 AUTO_COMMIT_EVERY = COMMIT_EVERY
 """What `commit_every="auto"` means, with or without dedup (commits go out in the background)."""
+# How long shutdown waits for the records in flight before the broker stops.
+DRAIN_TIMEOUT_S = 30.0
 
 
 class EnhancedTier:
@@ -75,6 +80,7 @@ class EnhancedTier:
         dedup_namespace: str | None = None,
         dedup: DedupSettings | None = None,
         consumer: ConsumerSettings | None = None,
+        concurrency: int = 1,
     ) -> None:
         if not service:
             raise ConfigError("EnhancedTier needs the service name, got an empty string")
@@ -103,6 +109,8 @@ class EnhancedTier:
             commit_every=every if every != "auto" else AUTO_COMMIT_EVERY,
             commit_interval_s=consumer.commit_interval_s,
         )
+        self.pipeline = Pipeline(begin=self.routing.commits.begin)
+        self.concurrency = checked_concurrency(concurrency)
         self.dedup: DeduplicationMiddleware | None = None
         if redis is not None and deduplicating:
             namespace = dedup_namespace or service.replace(":", "-")
@@ -114,11 +122,12 @@ class EnhancedTier:
                 self.routing,
                 EnvelopeMiddleware(source=service),
                 self.dedup,
+                self.pipeline.gate,
                 OutputsMiddleware(),
             )
             if m is not None
         )
-        self.listener = _RevokeListener(self.routing)
+        self.listener = RevokeListener(self.routing, self.pipeline)
 
     def broker(
         self, config: RedpandaSettings | None = None, *, outer: Sequence[Any] = (), **options: Any
@@ -140,9 +149,18 @@ class EnhancedTier:
     def install(self, app: FastStream) -> FastStream:
         """Tie the tier to `app`'s lifecycle (startup checks, listener, drain, close); returns `app`."""
         app.on_startup(self._check_and_listen_on(app))
+        app.after_startup(self._watch_lag_on(app))
         app.on_shutdown(self.drain)
         app.after_shutdown(self.close)
         return app
+
+    def set_concurrency(self, subscriber: Any, concurrency: int) -> None:
+        """Run up to `concurrency` handlers of `subscriber` at once, in order per record key.
+
+        The tier's own `concurrency` (default 1: one handler at a time, in partition order)
+        applies to every other single-message subscriber.
+        """
+        self.pipeline.set_concurrency(subscriber, concurrency)
 
     def carried_by(self, broker: Any) -> bool:
         return any(m is self.routing for m in getattr(broker, "middlewares", ()))
@@ -154,31 +172,59 @@ class EnhancedTier:
             raise ConfigError("; ".join(problems))
 
     async def drain(self) -> None:
-        """Commit pending offsets while the consumers are still group members (before the broker stops)."""
+        """Finish the records in flight and commit, while the consumers are still group members
+        (before the broker stops)."""
+        await self.pipeline.drain(DRAIN_TIMEOUT_S)
         await self.routing.drain()
 
     async def close(self) -> None:
         """Final commit; release the DLQ producer, lease renewal and metrics (after the broker stopped)."""
+        await self.pipeline.close()
         await self.routing.close()
         if self.dedup is not None:
             await self.dedup.close()
         if self.metrics is not None:
             self.metrics.shutdown()
 
+    def _carried(self, app: FastStream) -> list[KafkaBroker]:
+        return [b for b in app.brokers if isinstance(b, KafkaBroker) and self.carried_by(b)]
+
+    def _watch_lag_on(self, app: FastStream) -> Any:
+        async def watch_lag() -> None:
+            """Lag for every assigned partition, not only those that processed a message."""
+            if (metrics := self.metrics) is not None:
+                for broker in self._carried(app):
+                    metrics.instruments.lag.watch(metrics.service, broker)
+
+        return watch_lag
+
+    def _check_topics_on(self, app: FastStream) -> Any:
+        async def check_topics() -> None:
+            """Kafka answers and every consumed and declared produced topic exists, or a clear error."""
+            for broker in self._carried(app):
+                consumed, produced = declared_topics(broker)
+                await require_topics(broker, service=self.service, consumed=consumed, produced=produced)
+
+        return check_topics
+
     def _check_and_listen_on(self, app: FastStream) -> Any:
+        topic_check: list[Any] = []
+
         async def check_and_listen() -> None:
-            """Once, before the brokers start: ack policies, and the revoke listener on each subscriber."""
-            for broker in app.brokers:
-                if not self.carried_by(broker):
-                    continue
-                assert isinstance(broker, KafkaBroker)
+            """Once, before the brokers start: ack policies, the pipeline and revoke listener; the
+            topic check goes last, after the app's own startup hooks (which may create topics):
+            FastStream runs a hook added while its hooks run."""
+            if not topic_check:
+                topic_check.append(app.on_startup(self._check_topics_on(app)))
+            for broker in self._carried(app):
                 self.verify(broker)
                 for subscriber in broker.subscribers:
+                    self.pipeline.attach(subscriber, self.concurrency)
                     # Read by the subscriber when it starts its consumer; aiokafka takes one listener.
                     own = getattr(subscriber, "_listener", None)
-                    if not _has(own, self.listener):
+                    if not has_listener(own, self.listener):
                         subscriber._listener = (  # type: ignore[attr-defined]
-                            self.listener if own is None else _Chained(self.listener, own)
+                            self.listener if own is None else Chained(self.listener, own)
                         )
 
         return check_and_listen
@@ -231,45 +277,3 @@ def wrong_ack_policy(subscriber: Any) -> str | None:
         "`ack_policy=AckPolicy.MANUAL` (the enum, not a string) to the subscriber; a KafkaRouter "
         "subscriber must be declared after `include_router` or carry the policy itself."
     )
-
-
-class _RevokeListener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Commits the finished work of the partitions a rebalance takes from a consumer.
-
-    aiokafka awaits `on_partitions_revoked` before the group reassigns anything and still accepts
-    this member's commits there. A handler still in flight is not waited for: the commit stops below
-    it, the new owner reads the record again, and dedup skips it if it was done. A failed commit
-    is logged: the new owner reads from the last commit (records repeated, none lost).
-    """
-
-    def __init__(self, routing: ErrorRoutingMiddleware) -> None:
-        self._routing = routing
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        if revoked:
-            await self._routing.flush_partitions(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        return None
-
-
-def _has(listener: Any, wanted: Any) -> bool:
-    """`listener` is `wanted` or chains it (a restarted app must not chain it again)."""
-    return listener is wanted or (isinstance(listener, _Chained) and wanted in listener.listeners)
-
-
-class _Chained(ConsumerRebalanceListener):  # type: ignore[misc]
-    """The tier's listener first (commit what was done), then the user's own."""
-
-    def __init__(self, *listeners: Any) -> None:
-        self.listeners: tuple[Any, ...] = listeners
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        for listener in self.listeners:
-            if inspect.isawaitable(result := listener.on_partitions_revoked(revoked)):
-                await result
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        for listener in self.listeners:
-            if inspect.isawaitable(result := listener.on_partitions_assigned(assigned)):
-                await result

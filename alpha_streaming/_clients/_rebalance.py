@@ -1,4 +1,4 @@
-"""Rebalance listeners of the direct consumer: the user's own, then forgetting what moved away."""
+"""Rebalance listeners of the direct consumer: the user's own, then commit and forget what moves away."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 __all__ = ("ForgettingListener", "RebalanceListener")
 
 
-class _Forgets(Protocol):
-    def _forget(self, revoked: Iterable[TopicPartition]) -> None: ...
+class _Releases(Protocol):
+    async def _release(self, revoked: Iterable[TopicPartition]) -> None: ...
 
 
 class RebalanceListener(Protocol):
@@ -24,9 +24,10 @@ class RebalanceListener(Protocol):
 
 
 class ForgettingListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types
-    """Calls the user's listener first (it may still commit revoked partitions), then forgets them."""
+    """Calls the user's listener first (it may still commit revoked partitions), then the owner
+    commits what `commit(record)` recorded for them (they still belong to this member) and forgets them."""
 
-    def __init__(self, owner: _Forgets, user: RebalanceListener | None) -> None:
+    def __init__(self, owner: _Releases, user: RebalanceListener | None) -> None:
         self._owner = owner
         self._user = user
 
@@ -37,7 +38,7 @@ class ForgettingListener(ConsumerRebalanceListener):  # type: ignore[misc]  # ai
                 if inspect.isawaitable(result):
                     await result
         finally:
-            self._owner._forget(revoked)
+            await self._owner._release(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if self._user is not None:

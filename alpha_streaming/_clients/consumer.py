@@ -1,13 +1,18 @@
 """`RedpandaConsumer`: manual-commit consumption with the connection config of a FastStream broker.
 
-Commit rules (auto-commit is always off; nothing is ever committed behind the caller's back):
-- `await consumer.commit(record)` commits exactly `record.offset + 1` on the record's partition.
-- `await consumer.commit()` commits what has been *processed*: a record counts as processed once
-  the caller has moved past it, i.e. asked for the next record (`async for`), or asked for the
-  next batch after the `getmany()` batch that held it. The record the caller is still holding
-  is not included, so a crash can redeliver at most what was not yet moved past.
-- `stop()` commits nothing. A rebalance drops what was processed but not committed on the
-  revoked partitions (their new owner re-reads it); commit from `on_partitions_revoked` to avoid that.
+Commit rules (auto-commit is always off; only offsets the caller chose are ever committed):
+- `await consumer.commit(record)` records exactly `record.offset + 1` on the record's partition
+  (forward only) and returns at once: an awaited commit per record is a broker round trip
+  (~170 records/s). A background task (`_commits.py`) commits what is recorded after
+  `commit_every` records or `commit_interval_s`, before a rebalance takes the partitions, and on
+  `stop()`; a crash repeats at most the ~`commit_every` records recorded since the last one.
+- `await consumer.commit(record, wait=True)` / `flush_commits()`: committed when they return.
+- `await consumer.commit()` commits what has been *processed*, now: a record counts as processed
+  once the caller has moved past it, i.e. asked for the next record (`async for`), or asked for
+  the next batch after the `getmany()` batch that held it (not the record still being held).
+- Errors: a failed background commit is logged and retried by the next one; the awaited ones
+  above and `stop()` raise `KafkaClientError` if their commit fails or if recorded offsets were
+  dropped because their partition moved to another group member.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
+from aiokafka import errors as ak
 
 from alpha_streaming._broker import make_broker
+from alpha_streaming._clients._commits import COMMIT_EVERY, COMMIT_INTERVAL_S, PendingCommits
 from alpha_streaming._clients._errors import kafka_errors
 from alpha_streaming._clients._rebalance import ForgettingListener, RebalanceListener
 from alpha_streaming._clients.records import ConsumedRecord, RawRecord, RecordBatch
+from alpha_streaming._connection_errors import connection_kwargs, raise_connection_error
 from alpha_streaming._errors import ClientStateError, ConfigError, UnknownTopicError
 from alpha_streaming._settings import RedpandaSettings
 
@@ -57,6 +65,8 @@ class RedpandaConsumer:
         on_rebalance: RebalanceListener | None = None,
         max_poll_records: int | None = None,
         poll_timeout_ms: int = DEFAULT_POLL_TIMEOUT_MS,
+        commit_every: int = COMMIT_EVERY,
+        commit_interval_s: float = COMMIT_INTERVAL_S,
         **consumer_options: Any,
     ) -> None:
         if config is not None and broker is not None:
@@ -92,6 +102,9 @@ class RedpandaConsumer:
         self._holding: RawRecord | None = None  # yielded by __anext__, not yet moved past
         self._batch_ends: dict[tuple[str, int], int] = {}  # next offsets of the last getmany batch
         self._processed: dict[tuple[str, int], int] = {}  # processed, not yet committed
+        if commit_every < 1 or commit_interval_s <= 0:
+            raise ConfigError("commit_every must be >= 1 and commit_interval_s > 0")
+        self._commits = PendingCommits(self._ready, every=commit_every, interval_s=commit_interval_s)
 
     @classmethod
     def from_broker(
@@ -125,8 +138,10 @@ class RedpandaConsumer:
         build = self._broker.config.broker_config.builder
         consumer = build(group_id=self._group_id, enable_auto_commit=False, **self._options)
         try:
-            with kafka_errors("start consumer"):
+            try:
                 await consumer.start()
+            except (ak.KafkaError, OSError) as exc:  # the same message as every other path
+                await raise_connection_error(connection_kwargs(self._broker), exc)
             # Checked before subscribing: aiokafka would otherwise wait `request_timeout_ms`
             # for a missing topic and then fail without naming it.
             with kafka_errors("list topics"):
@@ -144,7 +159,8 @@ class RedpandaConsumer:
         self._consumer = consumer
 
     async def stop(self) -> None:
-        """Leave the group and close; commits nothing (see the module docstring)."""
+        """Commit what `commit(record)` recorded, leave the group and close; raises if that commit failed."""
+        failure = await self._commits.close() if self._consumer is not None else None
         consumer, self._consumer = self._consumer, None
         self._stopped = True
         self._buffer.clear()
@@ -154,6 +170,8 @@ class RedpandaConsumer:
         if consumer is not None:
             with kafka_errors("stop consumer"):
                 await consumer.stop()
+        if failure is not None:
+            raise failure
 
     async def __aenter__(self) -> RedpandaConsumer:
         await self.start()
@@ -237,34 +255,34 @@ class RedpandaConsumer:
                 ends[(tp.topic, tp.partition)] = records[-1].offset + 1
         return RecordBatch(batch)
 
-    async def commit(self, record: ConsumedRecord | None = None) -> dict[TopicPartition, int]:
-        """Commit `record.offset + 1` on its partition, or with no record, everything processed.
-
-        Returns:
-            The offsets committed (empty if there was nothing to commit).
-        Raises:
-            KafkaClientError: the commit failed, e.g. the partition was moved by a rebalance.
-            ClientStateError: the consumer is not started or was stopped.
-        """
-        consumer = self._ready()
+    async def commit(
+        self, record: ConsumedRecord | None = None, *, wait: bool = False
+    ) -> dict[TopicPartition, int]:
+        """Record `record.offset + 1` for the background commit (`wait`: commit it now); with no
+        record, commit everything processed (and recorded) now. Returns what this call committed
+        (`{}`: left to the background); raises `KafkaClientError` as the module docstring says."""
+        if self._consumer is None:
+            self._ready()
+        commits = self._commits
         if record is not None:
-            key = (record.topic, record.partition)
-            offsets = {TopicPartition(*key): record.offset + 1}
-            with kafka_errors("commit", record.topic):
-                await consumer.commit(offsets)
-            # Processed offsets at or behind this commit have nothing left to commit.
-            if self._processed.get(key, -1) <= record.offset + 1:
-                self._processed.pop(key, None)
-            return offsets
-        pending = dict(self._processed)
-        if not pending:
-            return {}
-        offsets = {TopicPartition(*key): offset for key, offset in pending.items()}
-        with kafka_errors("commit"):
-            await consumer.commit(offsets)
-        # Only what was committed is dropped; new progress made meanwhile stays pending.
-        self._processed = {k: o for k, o in self._processed.items() if pending.get(k) != o}
-        return offsets
+            raw = record._raw
+            commits.record((raw.topic, raw.partition), raw.offset + 1)
+            return await commits.flush() if wait else {}
+        commits.merge(self._processed)
+        self._processed.clear()
+        return await commits.flush()
+
+    async def flush_commits(self) -> dict[TopicPartition, int]:
+        """Commit every offset `commit(record)` recorded, now; see `commit` for what it raises."""
+        if self._consumer is None:
+            self._ready()
+        return await self._commits.flush()
+
+    async def _release(self, revoked: Iterable[TopicPartition]) -> None:
+        """Before partitions go: commit what was recorded for them, then forget them."""
+        revoked = list(revoked)
+        await self._commits.release(revoked)
+        self._forget(revoked)
 
     def _forget(self, revoked: Iterable[TopicPartition]) -> None:
         """Drop buffered records and uncommitted progress of partitions this member lost."""

@@ -22,8 +22,8 @@ from alpha_streaming._logging import configure_logging
 from alpha_streaming._services.activity import ActivityProbe
 from alpha_streaming._services.handlers import HandlerKind, HandlerSpec, inspect_handler, legacy_adapter
 from alpha_streaming._services.service import PRODUCER_CONTEXT_KEY, ServiceProducer, StreamService
-from alpha_streaming._services.startup import require_topics
 from alpha_streaming._settings import RedpandaSettings, Settings
+from middlewares._pipeline import checked_concurrency
 from middlewares._retry import RetryPolicy
 from middlewares._tier import EnhancedTier
 
@@ -44,6 +44,7 @@ class _Consumer:
     topics: tuple[str, ...]
     group_id: str
     handler: Any
+    concurrency: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +124,16 @@ class StreamServiceBuilder:
         self._producer_topics = [*(self._producer_topics or []), *topics]
         return self
 
-    def add_consumer_handler(self, *, topics: Sequence[str], group_id: str, handler_func: Any) -> Self:
-        """Consume `topics` in consumer group `group_id` (prefixed by the settings) with `handler_func`."""
+    def add_consumer_handler(
+        self, *, topics: Sequence[str], group_id: str, handler_func: Any, concurrency: int = 1
+    ) -> Self:
+        """Consume `topics` in consumer group `group_id` (prefixed by the settings) with `handler_func`.
+
+        `concurrency=N` runs up to N handlers at once: records with the same key in order,
+        different keys concurrently; 1 (default) keeps the partition's order.
+        """
         as_tuple = (topics,) if isinstance(topics, str) else tuple(topics)
-        self._consumers.append(_Consumer(as_tuple, group_id, handler_func))
+        self._consumers.append(_Consumer(as_tuple, group_id, handler_func, concurrency))
         return self
 
     def build(self) -> StreamService:
@@ -156,6 +163,7 @@ class StreamServiceBuilder:
                 max_poll_records=poll.max_poll_records,
             )
             subscriber(handler)
+            tier.set_concurrency(subscriber, consumer.concurrency)
         for topic in self._producer_topics or ():
             broker.publisher(topic, schema=EventEnvelope, title=f"{topic}:{self._name}")
         tier.verify(broker)
@@ -163,26 +171,13 @@ class StreamServiceBuilder:
         if producer is not None:
             app.context.set_global(PRODUCER_CONTEXT_KEY, producer)
         consumed = [t for c in self._consumers for t in c.topics]
-        config, produced = self._config, list(self._producer_topics or ())
-
-        @app.on_startup
-        async def check_topics() -> None:
-            """Before the broker starts: Kafka answers and every topic exists, or a clear error."""
-            await require_topics(broker, config, service=self._name, consumed=consumed, produced=produced)
-
-        if (metrics := tier.metrics) is not None:
-
-            @app.after_startup
-            async def watch_lag() -> None:
-                """Lag for every assigned partition, not only those that processed a message."""
-                metrics.instruments.lag.watch(metrics.service, broker)
 
         return StreamService(
             name=self._name,
             app=app,
             broker=broker,
             consumed=tuple(dict.fromkeys(consumed)),
-            produced=tuple(produced),
+            produced=tuple(self._producer_topics or ()),
             producer=producer,
             redis=self._redis,
             activity=activity,
@@ -217,6 +212,10 @@ class StreamServiceBuilder:
                 )
             else:
                 seen_groups[consumer.group_id] = index
+            try:
+                checked_concurrency(consumer.concurrency)
+            except ConfigError as exc:
+                problems.append(f"{where}: {exc}")
             try:
                 spec = inspect_handler(consumer.handler)
             except ConfigError as exc:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from faststream.kafka import KafkaBroker
 
 from alpha_streaming._admin import broker_admin, topic_partitions
-from alpha_streaming._services.startup import bootstrap_hint
+from alpha_streaming._topic_check import bootstrap_hint
 
 if TYPE_CHECKING:
     from alpha_streaming._services.activity import ActivityProbe

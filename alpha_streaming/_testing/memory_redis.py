@@ -1,8 +1,9 @@
 """One in-memory Redis for a service under test: fakeredis, running the dedup Lua scripts for real.
 
 fakeredis implements Redis's commands in Python and, with `lupa` (its `lua` extra), runs EVAL and
-EVALSHA in an embedded Lua interpreter: the lease scripts in `middlewares._lease_scripts` execute
-as they do on a Redis server, so claims, done markers and TTLs behave as in production.
+EVALSHA in an embedded Lua interpreter: the dedup scripts in `middlewares._lease_scripts` execute
+as they do on a Redis server (Lua 5.1, like Redis's), so claims, leases, the compact done markers
+and their TTLs behave as in production.
 The service's own Redis clients are kept: each is pointed at the in-memory server for the test
 (its connection pool swapped) and given its pool back afterwards. When one of them already is a
 fakeredis client, its server is the one every client uses (data seeded before the test stays).

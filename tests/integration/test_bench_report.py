@@ -20,7 +20,7 @@ SECTIONS = {
     "direct": "## direct tier vs raw aiokafka",
     "enhanced": "## enhanced stack vs plain FastStream subscriber (single and batch)",
     "latency": "## end-to-end latency produce -> handler at 1k/s and 5k/s",
-    "dedup": "## dedup cost per message",
+    "dedup": "## dedup cost per message, Redis calls per message and Redis memory per event",
     "rss": "## RSS of a service with 4 subscribers",
 }
 HEADER_LINES = (

@@ -9,12 +9,13 @@ import json
 import logging
 import time
 import urllib.request
+import uuid
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from faststream import AckPolicy
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from faststream import AckPolicy, FastStream
 
 from alpha_streaming import (
     DedupSettings,
@@ -32,7 +33,7 @@ from alpha_streaming import (
     make_broker,
 )
 from alpha_streaming._logging import FASTSTREAM_LOGGERS, NOISY_LOGGERS, PROJECT_LOGGERS
-from middlewares import MetricsMiddleware
+from middlewares import EnhancedTier, MetricsMiddleware
 from tests.conftest import NewTopicFactory
 from tests.support import eventually
 
@@ -221,3 +222,33 @@ async def test_a_decorator_apps_lag_covers_the_idle_partitions_of_a_consumer_tha
     finally:
         await broker.stop()
         metrics.shutdown()
+
+
+async def test_a_decorator_app_fails_fast_naming_a_missing_topic_after_its_own_startup_hooks(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, kafka_admin: AIOKafkaAdminClient
+) -> None:
+    consumed, made_at_startup = await new_topic(prefix="paper.ops"), f"paper.ops.made.{uuid.uuid4().hex[:8]}"
+    missing = f"paper.ops.missing.{uuid.uuid4().hex[:8]}"
+    tier = EnhancedTier("ops-decorator", metrics=False)
+    broker = tier.broker(RedpandaSettings(bootstrap_servers=kafka_bootstrap))
+
+    @broker.subscriber(consumed, group_id="ops.decorator")
+    @broker.publisher(made_at_startup)
+    @broker.publisher(missing)
+    async def handle(body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+    app = tier.install(FastStream(broker))
+
+    @app.on_startup
+    async def create_my_topic() -> None:  # registered after install: runs before the check
+        await kafka_admin.create_topics([NewTopic(made_at_startup, num_partitions=1, replication_factor=1)])
+
+    with pytest.raises(UnknownTopicError) as caught:
+        await app.start()
+    message = str(caught.value)
+    assert f"{missing!r} (produced)" in message
+    assert made_at_startup not in message and consumed not in message
+    assert f"alpha-streaming topics bootstrap --topic {missing}" in message
+    await app.stop()
+    await kafka_admin.delete_topics([made_at_startup])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -60,7 +60,7 @@ async def test_commit_record_resumes_exactly_after_it_on_its_partition(
                 if len(seen) == 2 * PER_PARTITION:
                     break
         fortieth = next(r for r in seen if r.partition == 0 and r.value == {"n": 40})
-        assert await consumer.commit(fortieth) == {TopicPartition(topic, 0): fortieth.offset + 1}
+        assert await consumer.commit(fortieth, wait=True) == {TopicPartition(topic, 0): fortieth.offset + 1}
     # Everything was fetched and iterated, but only the chosen record's next offset is committed.
     assert await committed(kafka_admin, group) == {TopicPartition(topic, 0): 40}
 
@@ -99,7 +99,7 @@ async def test_commit_without_record_covers_what_the_caller_moved_past(
 
     group = unique("batch")
     async with RedpandaConsumer(settings, topics=[topic], group_id=group) as consumer:
-        first: list[ConsumedRecord] = []
+        first: Sequence[ConsumedRecord] = []
         async with asyncio.timeout(30):
             while not first:
                 first = await consumer.getmany(max_records=7)

@@ -251,4 +251,4 @@ async def test_redis_stopped_mid_stream_pauses_and_resumes_losing_and_doubling_n
     assert handled == [e.id for e in before + during]  # nothing lost, nothing run twice, in order
     assert lag == 0
     for e in during:
-        assert await private_client.get(tier.dedup.key_prefix(group) + e.id) == b"done"
+        assert await tier.dedup.marker(group, e.id) == "done"

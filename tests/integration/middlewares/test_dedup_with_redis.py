@@ -39,7 +39,15 @@ def event(n: int = 0) -> EventEnvelope:
 
 
 def key(namespace: str, event_id: str, group: str = GROUP) -> str:
+    """The event's lease key (also where the layout before compact markers kept `done`)."""
     return f"alpha:dedup:{{{namespace}:{group}}}:{event_id}"
+
+
+async def forget(redis: aioredis.Redis, namespace: str, group: str = GROUP) -> None:
+    """Delete every dedup key of the group: leases and done markers."""
+    keys = await redis.keys(f"alpha:dedup:\\{{{namespace}:{group}\\}}:*")
+    assert keys
+    await redis.delete(*keys)
 
 
 def stack(spy: Spy, dedup: DeduplicationMiddleware) -> KafkaBroker:
@@ -49,25 +57,23 @@ def stack(spy: Spy, dedup: DeduplicationMiddleware) -> KafkaBroker:
 def found_held(dedup: DeduplicationMiddleware) -> asyncio.Event:
     """Set once a claim of `dedup` found a lease held by another consumer (it then waits)."""
     held = asyncio.Event()
-    claim = dedup.claim
+    claim = dedup.store.claim
 
-    async def claiming(keys: list[str], args: list[Any]) -> Any:
-        answers = await claim(keys, args)
+    async def claiming(prefix: str, event_ids: list[str], owner: str) -> list[int]:
+        answers = await claim(prefix, event_ids, owner)
         if HELD in answers:
             held.set()
         return answers
 
-    dedup.claim = claiming  # type: ignore[assignment]
+    dedup.store.claim = claiming  # type: ignore[method-assign]
     return held
 
 
 async def test_the_same_event_twice_runs_once_and_publishes_nothing_the_second_time(
     redis_client: aioredis.Redis, namespace: str, spy: Spy
 ) -> None:
-    broker = stack(
-        spy,
-        DeduplicationMiddleware(redis_client, namespace=namespace, settings=DedupSettings(done_ttl_s=3600)),
-    )
+    dedup = DeduplicationMiddleware(redis_client, namespace=namespace, settings=DedupSettings(window_s=3600))
+    broker = stack(spy, dedup)
     calls: list[dict[str, Any]] = []
 
     @broker.subscriber(TOPIC, group_id=GROUP, ack_policy=AckPolicy.MANUAL)
@@ -89,13 +95,13 @@ async def test_the_same_event_twice_runs_once_and_publishes_nothing_the_second_t
     assert calls == [{"n": 1}]
     assert downstream == [{"accepted": 1}]  # the duplicate published nothing, not even b""
     assert [s.outcome for s in spy.states if s.envelope == first] == [None, Outcome.DEDUPLICATED]
-    assert await redis_client.get(key(namespace, first.id)) == b"done"
-    ttl_ms = await redis_client.pttl(key(namespace, first.id))
-    assert 3_590_000 < ttl_ms <= 3_600_000
+    assert await dedup.marker(GROUP, first.id) == "done"
+    assert await redis_client.exists(key(namespace, first.id)) == 0, "the lease is gone"
 
 
 async def test_dedup_is_per_consumer_group(redis_client: aioredis.Redis, namespace: str, spy: Spy) -> None:
-    broker = stack(spy, DeduplicationMiddleware(redis_client, namespace=namespace))
+    dedup = DeduplicationMiddleware(redis_client, namespace=namespace)
+    broker = stack(spy, dedup)
     calls: list[str] = []
 
     @broker.subscriber(TOPIC, group_id="g-risk", ack_policy=AckPolicy.MANUAL)
@@ -111,14 +117,16 @@ async def test_dedup_is_per_consumer_group(redis_client: aioredis.Redis, namespa
         await br.publish(sent, TOPIC)
         await br.publish(sent, TOPIC)
     assert sorted(calls) == ["audit", "risk"]
-    assert await redis_client.get(key(namespace, sent.id, "g-risk")) == b"done"
-    assert await redis_client.get(key(namespace, sent.id, "g-audit")) == b"done"
+    assert await dedup.marker("g-risk", sent.id) == "done"
+    assert await dedup.marker("g-audit", sent.id) == "done"
+    assert await dedup.marker("g-other", sent.id) is None
 
 
 async def test_a_failed_handler_releases_its_lease_so_the_event_runs_again(
     redis_client: aioredis.Redis, namespace: str, spy: Spy
 ) -> None:
-    broker = stack(spy, DeduplicationMiddleware(redis_client, namespace=namespace))
+    dedup = DeduplicationMiddleware(redis_client, namespace=namespace)
+    broker = stack(spy, dedup)
     calls: list[int] = []
 
     @broker.subscriber(TOPIC, group_id=GROUP, ack_policy=AckPolicy.MANUAL)
@@ -131,10 +139,10 @@ async def test_a_failed_handler_releases_its_lease_so_the_event_runs_again(
     async with TestKafkaBroker(broker) as br:
         with pytest.raises(RuntimeError, match="boom"):
             await br.publish(sent, TOPIC)
-        assert await redis_client.exists(key(namespace, sent.id)) == 0
+        assert await dedup.marker(GROUP, sent.id) is None, "released, not done"
         await br.publish(sent, TOPIC)
     assert len(calls) == 2
-    assert await redis_client.get(key(namespace, sent.id)) == b"done"
+    assert await dedup.marker(GROUP, sent.id) == "done"
 
 
 async def test_a_duplicate_waits_for_the_in_flight_original_and_is_not_run(
@@ -155,7 +163,7 @@ async def test_a_duplicate_waits_for_the_in_flight_original_and_is_not_run(
 
     async def original_finishes() -> None:
         await waiting.wait()  # the duplicate found the lease held and waits for it
-        await redis_client.set(k, "done", px=60_000)
+        await redis_client.set(k, "done", px=60_000)  # as the layout before compact markers did
 
     async with TestKafkaBroker(broker) as br:
         finisher = asyncio.create_task(original_finishes())
@@ -190,7 +198,7 @@ async def test_a_duplicate_runs_once_the_in_flight_original_gave_up(
         await br.publish(sent, TOPIC)
         await releaser
     assert calls == [1]
-    assert await redis_client.get(k) == b"done"
+    assert await dedup.marker(GROUP, sent.id) == "done"
 
 
 async def test_a_lease_held_longer_than_the_wait_means_redelivery_not_a_second_run(
@@ -218,10 +226,9 @@ async def test_a_lease_held_longer_than_the_wait_means_redelivery_not_a_second_r
 async def test_the_lease_is_renewed_while_a_slow_handler_runs(
     redis_client: aioredis.Redis, namespace: str, spy: Spy
 ) -> None:
-    broker = stack(
-        spy,
-        DeduplicationMiddleware(redis_client, namespace=namespace, settings=DedupSettings(lease_ttl_s=0.3)),
-    )
+    settings = DedupSettings(lease_ttl_s=0.3)
+    dedup = DeduplicationMiddleware(redis_client, namespace=namespace, settings=settings)
+    broker = stack(spy, dedup)
     sent = event()
     k = key(namespace, sent.id)
     observed: list[tuple[bytes | None, int]] = []
@@ -237,7 +244,7 @@ async def test_the_lease_is_renewed_while_a_slow_handler_runs(
     values = {value for value, _ in observed}
     assert len(values) == 1 and values != {None} and values != {b"done"}  # still our lease
     assert all(0 < ttl <= 300 for _, ttl in observed)
-    assert await redis_client.get(k) == b"done"
+    assert await dedup.marker(GROUP, sent.id) == "done"
 
 
 async def test_the_local_cache_answers_hot_duplicates_without_redis(
@@ -264,7 +271,7 @@ async def test_the_local_cache_answers_hot_duplicates_without_redis(
     async with TestKafkaBroker(cached) as c, TestKafkaBroker(uncached) as u:
         await c.publish(sent, TOPIC)
         await u.publish(sent, TOPIC)  # Redis says done
-        await redis_client.delete(key(namespace, sent.id))  # Redis forgets
+        await forget(redis_client, namespace)  # Redis forgets
         await c.publish(sent, TOPIC)  # the cache still knows
         await u.publish(sent, TOPIC)  # nothing remembers: runs again
     assert calls == ["cached", "uncached"]
@@ -284,13 +291,13 @@ async def test_batch_hands_the_handler_only_new_events_checked_in_one_round_trip
 
     e0, e1, e2 = event(0), event(1), event(2)
     round_trips: list[int] = []
-    claim = dedup.claim
+    claim = dedup.store.claim
 
-    async def counting_claim(keys: list[str], args: list[Any]) -> Any:
-        round_trips.append(len(keys))
-        return await claim(keys, args)
+    async def counting_claim(prefix: str, event_ids: list[str], owner: str) -> list[int]:
+        round_trips.append(len(event_ids))
+        return await claim(prefix, event_ids, owner)
 
-    dedup.claim = counting_claim  # type: ignore[assignment]
+    dedup.store.claim = counting_claim  # type: ignore[method-assign]
     async with TestKafkaBroker(broker) as br:
         await br.publish_batch(e0, e1, topic=TOPIC)
         await br.publish_batch(e1, e2, e2, topic=TOPIC)  # e1 seen, e2 twice in one batch
@@ -300,13 +307,14 @@ async def test_batch_hands_the_handler_only_new_events_checked_in_one_round_trip
     assert spy.states[1].batch_envelopes == (e2,)
     assert spy.states[2].outcome is Outcome.DEDUPLICATED
     for e in (e0, e1, e2):
-        assert await redis_client.get(key(namespace, e.id)) == b"done"
+        assert await dedup.marker(GROUP, e.id) == "done"
 
 
 async def test_without_envelope_middleware_the_event_id_header_is_the_key(
     redis_client: aioredis.Redis, namespace: str
 ) -> None:
-    broker = KafkaBroker(middlewares=[DeduplicationMiddleware(redis_client, namespace=namespace)])
+    dedup = DeduplicationMiddleware(redis_client, namespace=namespace)
+    broker = KafkaBroker(middlewares=[dedup])
     calls: list[Any] = []
 
     @broker.subscriber(TOPIC, group_id=GROUP, ack_policy=AckPolicy.MANUAL)
@@ -319,4 +327,4 @@ async def test_without_envelope_middleware_the_event_id_header_is_the_key(
         await br.publish({"b": 2}, TOPIC)  # no id at all: passes through, undeduplicated
         await br.publish({"b": 2}, TOPIC)
     assert calls == [{"a": 1}, {"b": 2}, {"b": 2}]
-    assert await redis_client.get(key(namespace, "evt-1")) == b"done"
+    assert await dedup.marker(GROUP, "evt-1") == "done"

@@ -135,6 +135,7 @@ async def _run(redis_url: str, case: Case) -> tuple[dict[str, float], list[Fill]
         ErrorRoutingMiddleware,
         EnvelopeMiddleware,
         DeduplicationMiddleware,
+        type(tier.pipeline.gate),
         OutputsMiddleware,
     ]
     tier.routing.dead_letter = sink

@@ -3,60 +3,11 @@ tests/integration/clients/test_commits.py)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from aiokafka import ConsumerRecord, TopicPartition
 
 from alpha_streaming import RedpandaConsumer, RedpandaSettings
-from alpha_streaming._broker import make_broker
 from alpha_streaming._errors import ClientStateError, ConfigError
-
-TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
-
-
-def rec(tp: TopicPartition, offset: int) -> ConsumerRecord:
-    return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, None, b"v", None, 0, 1, [])
-
-
-class StandIn:
-    """Serves scripted fetches and records commits, like an AIOKafkaConsumer would."""
-
-    def __init__(self, fetches: list[dict[TopicPartition, list[ConsumerRecord]]]) -> None:
-        self.fetches = fetches
-        self.commits: list[dict[TopicPartition, int]] = []
-        self.options: dict[str, Any] = {}
-        self.listener: Any = None
-
-    def subscribe(self, topics: list[str], listener: Any) -> None:
-        self.listener = listener
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def topics(self) -> set[str]:
-        return {"t"}
-
-    async def getmany(
-        self, timeout_ms: int, max_records: int | None
-    ) -> dict[TopicPartition, list[ConsumerRecord]]:
-        return self.fetches.pop(0) if self.fetches else {}
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        assert all(type(tp) is TopicPartition for tp in offsets)
-        self.commits.append(dict(offsets))
-
-
-def consumer_over(stand_in: StandIn, **kwargs: Any) -> RedpandaConsumer:
-    broker = make_broker(RedpandaSettings())
-
-    def build(**options: Any) -> StandIn:
-        stand_in.options = options
-        return stand_in
-
-    broker.config.broker_config.builder = build
-    return RedpandaConsumer.from_broker(broker, topics=["t"], group_id="g", **kwargs)
+from tests.unit.clients._stand_in import TP0, TP1, StandIn, consumer_over, rec
 
 
 async def test_auto_commit_is_off_and_stop_commits_nothing() -> None:
@@ -77,8 +28,8 @@ async def test_iteration_counts_records_the_caller_moved_past() -> None:
         await anext(consumer)
         await anext(consumer)  # now holding TP1@5; TP0@0 and TP0@1 are done
         assert await consumer.commit() == {TP0: 2}
-        assert await consumer.commit(first) == {TP0: 1}  # exactly that record, even backwards
-    assert stand_in.commits == [{TP0: 2}, {TP0: 1}]
+        assert await consumer.commit(first, wait=True) == {}  # a partition's offset never goes back
+    assert stand_in.commits == [{TP0: 2}]
 
 
 async def test_a_batch_is_processed_once_the_next_batch_is_asked_for() -> None:
@@ -108,6 +59,10 @@ async def test_misuse_is_reported_clearly() -> None:
         await consumer.commit()
     with pytest.raises(ConfigError, match="enable_auto_commit"):
         RedpandaConsumer(RedpandaSettings(), topics=["t"], group_id="g", enable_auto_commit=True)
+    with pytest.raises(ClientStateError, match="not started"):
+        await consumer.flush_commits()
+    with pytest.raises(ConfigError, match="commit_every"):
+        RedpandaConsumer(RedpandaSettings(), topics=["t"], group_id="g", commit_every=0)
     with pytest.raises(ConfigError, match="non-empty list"):
         RedpandaConsumer(RedpandaSettings(), topics="t", group_id="g")
     prefixed = RedpandaConsumer(RedpandaSettings(group_id_prefix="prod."), topics=["t"], group_id="risk")

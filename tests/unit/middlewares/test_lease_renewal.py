@@ -1,4 +1,4 @@
-"""`LeaseRenewer`: one timer renews every live lease; a message only records and forgets its lease."""
+"""`LeaseRenewer`: one timer renews every live lease, one call per slot; a message records and forgets."""
 
 from __future__ import annotations
 
@@ -13,17 +13,20 @@ class _Redis:
     """Stands in for the renew script: records each call, can be slow or fail."""
 
     def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
-        self.calls: list[tuple[list[str], str]] = []
+        self.calls: list[tuple[list[str], list[str]]] = []
         self.finished = 0
+        self.two_finished = asyncio.Event()
         self._delay_s = delay_s
         self._fail = fail
 
-    async def renew(self, keys: list[str], owner: str) -> None:
-        self.calls.append((keys, owner))
+    async def renew(self, keys: list[str], owners: list[str]) -> None:
+        self.calls.append((keys, owners))
         await asyncio.sleep(self._delay_s)
         if self._fail:
             raise ConnectionError("redis down")
         self.finished += 1
+        if self.finished == 2:
+            self.two_finished.set()
 
 
 async def test_every_live_lease_is_renewed_by_one_timer_and_a_dropped_one_is_not() -> None:
@@ -33,7 +36,7 @@ async def test_every_live_lease_is_renewed_by_one_timer_and_a_dropped_one_is_not
     leases.hold("owner-2", ["k2", "k3"])
     leases.drop("owner-2")
     await asyncio.sleep(0.05)
-    assert redis.calls and {owner for _, owner in redis.calls} == {"owner-1"}
+    assert redis.calls and {o for _, owners in redis.calls for o in owners} == {"owner-1"}
     leases.drop("owner-1")
     await asyncio.sleep(0.03)
     count = len(redis.calls)
@@ -41,7 +44,7 @@ async def test_every_live_lease_is_renewed_by_one_timer_and_a_dropped_one_is_not
     assert len(redis.calls) == count, "nothing live: the timer stops"
     leases.hold("owner-3", ["k4"])  # and the next lease starts it again
     await asyncio.sleep(0.05)
-    assert redis.calls[-1] == (["k4"], "owner-3")
+    assert redis.calls[-1] == (["k4"], ["owner-3"])
     await leases.close()
 
 
@@ -64,3 +67,18 @@ async def test_a_failed_renewal_is_logged_and_tried_again_next_tick(caplog: pyte
     assert len(redis.calls) >= 2
     assert "lease renewal failed (ConnectionError: redis down)" in caplog.text
     await leases.close()
+
+
+async def test_leases_of_one_slot_are_renewed_in_one_call_each_key_with_its_owner() -> None:
+    redis = _Redis()
+    leases = LeaseRenewer(redis.renew, every_s=0.01)
+    leases.hold("owner-1", ["{a}k1", "{a}k2"], "{a}")
+    leases.hold("owner-2", ["{a}k3"], "{a}")
+    leases.hold("owner-3", ["{b}k4"], "{b}")
+    await asyncio.wait_for(redis.two_finished.wait(), timeout=5)
+    await leases.close()
+    first_tick = redis.calls[:2]
+    assert sorted(first_tick) == [
+        (["{a}k1", "{a}k2", "{a}k3"], ["owner-1", "owner-1", "owner-2"]),
+        (["{b}k4"], ["owner-3"]),
+    ]

@@ -87,16 +87,22 @@ async def test_the_middlewares_in_their_one_order_with_redis_and_metrics() -> No
         ErrorRoutingMiddleware,
         EnvelopeMiddleware,
         DeduplicationMiddleware,
+        type(tier.pipeline.gate),
         OutputsMiddleware,
     ]
-    metrics, routing, _, dedup, _ = tier.middlewares
-    assert (metrics, routing, dedup) == (tier.metrics, tier.routing, tier.dedup)
+    metrics, routing, _, dedup, gate, _ = tier.middlewares
+    assert (metrics, routing, dedup, gate) == (tier.metrics, tier.routing, tier.dedup, tier.pipeline.gate)
     await tier.close()
 
 
 def test_without_redis_there_is_no_dedup_and_without_metrics_no_metrics() -> None:
     tier = EnhancedTier(SERVICE, metrics=False)
-    assert _names(tier.middlewares) == [ErrorRoutingMiddleware, EnvelopeMiddleware, OutputsMiddleware]
+    assert _names(tier.middlewares) == [
+        ErrorRoutingMiddleware,
+        EnvelopeMiddleware,
+        type(tier.pipeline.gate),
+        OutputsMiddleware,
+    ]
     assert (tier.metrics, tier.dedup) == (None, None)
     disabled = EnhancedTier(SERVICE, redis=Redis(), metrics=False, dedup=DedupSettings(enabled=False))
     assert _names(disabled.middlewares) == _names(tier.middlewares), "dedup disabled despite a client"
@@ -109,6 +115,7 @@ async def test_enhanced_stack_is_the_tiers_middlewares() -> None:
     assert _names(enhanced_stack(service=SERVICE, metrics=False)) == [
         ErrorRoutingMiddleware,
         EnvelopeMiddleware,
+        type(EnhancedTier(SERVICE).pipeline.gate),
         OutputsMiddleware,
     ]
     stack[0].shutdown()

@@ -1,4 +1,7 @@
-"""What a built service checks before it consumes: Kafka answers and every topic it uses exists.
+"""What a service checks before it consumes: Kafka answers and every topic it uses exists.
+
+`EnhancedTier.install` runs it for every broker carrying the tier (builder services included),
+over the topics its subscribers consume and its declared publishers produce.
 
 (Dead-letter topics are not required: error routing creates a missing one when it needs it.)
 
@@ -12,13 +15,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 from unittest.mock import Mock
 
 from faststream.kafka import KafkaBroker
 
 from alpha_streaming._admin import broker_admin, topic_partitions
 from alpha_streaming._errors import UnknownTopicError
-from alpha_streaming._settings import RedpandaSettings
 
 __all__ = ("bootstrap_hint", "require_topics")
 
@@ -34,13 +37,16 @@ def bootstrap_hint(topics: Sequence[str]) -> str:
     )
 
 
+def declared_topics(broker: KafkaBroker) -> tuple[list[str], list[str]]:
+    """(consumed, produced): the subscribers' topics (not patterns) and the declared publishers'."""
+    subscribers: list[Any] = [s for s in broker.subscribers if not getattr(s, "pattern", None)]
+    consumed = [topic for s in subscribers for topic in getattr(s, "topic_names", ())]
+    produced = [topic for p in broker.publishers if (topic := getattr(p, "topic", None))]
+    return consumed, produced
+
+
 async def require_topics(
-    broker: KafkaBroker,
-    config: RedpandaSettings,
-    *,
-    service: str,
-    consumed: Sequence[str],
-    produced: Sequence[str],
+    broker: KafkaBroker, *, service: str, consumed: Sequence[str], produced: Sequence[str]
 ) -> None:
     """Connect `broker` and raise `UnknownTopicError` naming every missing topic; stop it on failure."""
     if isinstance(broker.start, Mock):
@@ -57,9 +63,14 @@ async def require_topics(
         await broker.stop()
         roles = ", ".join(f"{t!r} ({'consumed' if t in consumed else 'produced'})" for t in missing)
         problem = UnknownTopicError(
-            f"service {service!r} cannot start: missing on the cluster at "
-            f"{config.bootstrap_servers_text}: {roles}; create them with: {bootstrap_hint(missing)}"
+            f"service {service!r} cannot start: missing on the cluster at {_bootstrap_of(broker)}: "
+            f"{roles}; create them with: {bootstrap_hint(missing)}"
         )
         # One formatted line ahead of the traceback `faststream run` prints.
         log.error("%s", problem)
         raise problem
+
+
+def _bootstrap_of(broker: KafkaBroker) -> str:
+    servers = getattr(broker, "_connection_kwargs", {}).get("bootstrap_servers", "?")
+    return ",".join(servers) if isinstance(servers, list | tuple) else str(servers)

@@ -1,0 +1,194 @@
+"""The pipeline's gate: a record's turn among its key's records, and its handler slot.
+
+`Ticket`s are made by the pipeline (`_pipeline`) when it admits a record and ride on the record;
+the gate middleware (between dedup and outputs) makes the handler wait for the ticket's turn;
+error routing reads it too: the record's commit claim (`take_claim`), its turn before a
+dead-letter write (`wait_turn`), and a seek-back that supersedes later records (`supersede_after`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any, Protocol
+
+from faststream import BaseMiddleware
+from faststream.exceptions import AckMessage
+
+if TYPE_CHECKING:
+    from faststream._internal.basic_types import AsyncFuncAny
+    from faststream._internal.context.repository import ContextRepo
+    from faststream.message import StreamMessage
+
+    from middlewares._low_water import Claim
+
+__all__ = (
+    "TICKET_ATTRIBUTE",
+    "GateMiddleware",
+    "Superseded",
+    "Ticket",
+    "done_written",
+    "hold_slot_until_done",
+    "supersede_after",
+    "take_claim",
+    "wait_turn",
+)
+
+TICKET_ATTRIBUTE = "_alpha_ticket"
+
+
+class Lane(Protocol):
+    """What a ticket needs from its subscriber's lane."""
+
+    slots: asyncio.Semaphore
+    last: dict[Any, Ticket]
+
+    def supersede(self, tp: tuple[str, int], offset: int) -> None: ...
+
+
+class Superseded(Exception):
+    """An earlier record of the partition was sought back to: this one is read again after it."""
+
+
+class Ticket:
+    """A record's place in its key's chain, and its handler slot once it entered the gate."""
+
+    __slots__ = (
+        "awaits_done",
+        "claim",
+        "entered",
+        "key",
+        "lane",
+        "offset",
+        "prev",
+        "released",
+        "slot_held",
+        "superseded",
+        "task",
+        "tp",
+        "wake",
+    )
+
+    def __init__(self, lane: Lane, key: Any, tp: tuple[str, int], offset: int, prev: Ticket | None) -> None:
+        self.lane = lane
+        self.key = key
+        self.tp = tp
+        self.offset = offset
+        self.prev = prev
+        self.claim: Claim | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.wake: asyncio.Future[None] | None = None
+        self.entered = self.released = self.slot_held = self.superseded = self.awaits_done = False
+
+    async def enter(self) -> None:
+        """Wait for the previous record of the key to end, then for a handler slot."""
+        prev, self.prev = self.prev, None
+        if prev is not None and not prev.released:
+            if prev.wake is None:
+                prev.wake = asyncio.get_running_loop().create_future()
+            await prev.wake
+        if self.superseded:
+            raise Superseded(f"offset {self.offset} of {self.tp[0]}[{self.tp[1]}] is read again")
+        await self.lane.slots.acquire()
+        self.slot_held = self.entered = True
+
+    def pass_turn(self) -> None:
+        """The key's next record may run its handler (idempotent: on success, or at the end)."""
+        if self.released:
+            return
+        self.released = True
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
+        if self.lane.last.get(self.key) is self:
+            del self.lane.last[self.key]
+
+    def handler_ended(self) -> None:
+        """The handler succeeded: the key's next record may run; the slot is freed now unless
+        dedup holds it until the done marker is written (`hold_slot_until_done`)."""
+        self.pass_turn()
+        if not self.awaits_done:
+            self.release_slot()
+
+    def release_slot(self) -> None:
+        if self.slot_held:
+            self.slot_held = False
+            self.lane.slots.release()
+
+    def release(self) -> None:
+        """The record's processing ended, however it ended."""
+        self.pass_turn()
+        self.release_slot()
+
+
+def _ticket_of(record: Any) -> Ticket | None:
+    return getattr(record, TICKET_ATTRIBUTE, None)
+
+
+def take_claim(record: Any) -> Claim | None:
+    """The commit-window claim taken when `record` was admitted (None when not pipelined)."""
+    ticket = _ticket_of(record)
+    if ticket is None:
+        return None
+    claim, ticket.claim = ticket.claim, None
+    return claim
+
+
+async def wait_turn(records: Collection[Any]) -> None:
+    """Before a pipelined record is dead-lettered: its key's earlier records go first (DLQ order)."""
+    if len(records) == 1:
+        ticket = _ticket_of(next(iter(records)))
+        if ticket is not None and not ticket.entered:
+            await ticket.enter()
+
+
+def hold_slot_until_done(record: Any) -> None:
+    """Dedup will write a done marker: until then the handler counts as in flight, so a crash
+    repeats at most `concurrency` handlers, each once (the honest window)."""
+    ticket = _ticket_of(record)
+    if ticket is not None:
+        ticket.awaits_done = True
+
+
+def done_written(record: Any) -> None:
+    """The done marker is written (or given up): the record's slot is free."""
+    ticket = _ticket_of(record)
+    if ticket is not None:
+        ticket.release_slot()
+
+
+def supersede_after(records: Collection[Any]) -> None:
+    """`records` are sought back to: later admitted records of their partitions are read again too."""
+    for record in records:
+        ticket = _ticket_of(record)
+        if ticket is not None:
+            ticket.lane.supersede(ticket.tp, ticket.offset)
+
+
+class GateMiddleware:
+    """Factory of the per-message gate; a record that was not pipelined passes straight through."""
+
+    __slots__ = ()
+
+    def __call__(self, msg: Any, /, *, context: ContextRepo) -> BaseMiddleware[Any, Any]:
+        return _Gate(msg, context=context)
+
+    def __repr__(self) -> str:
+        return "PipelineGate()"
+
+
+class _Gate(BaseMiddleware[Any, Any]):
+    __slots__ = ()
+
+    async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
+        ticket = _ticket_of(msg.raw_message)
+        if ticket is None:
+            return await call_next(msg)
+        if not ticket.entered:  # a retry of this record keeps its turn and slot
+            await ticket.enter()
+        try:
+            result = await call_next(msg)
+        except AckMessage:
+            ticket.handler_ended()  # done (the handler's ack, or its outputs acknowledged)
+            raise
+        ticket.handler_ended()
+        return result
