@@ -137,7 +137,7 @@ async def bytes_per_event(redis: aioredis.Redis, events: int) -> Table:
     listpack = (await redis.config_get("hash-max-listpack-entries")).get("hash-max-listpack-entries")
     version = (await redis.info("server"))["redis_version"]
     day = 86_400 * 1_000  # events in 24 h at 1k msg/s
-    # A marker lives from the window to the window plus a bucket (a quarter of it): 1.125x on average.
+    # A marker lives from the window to the window plus a bucket (half of it): 1.25x on average.
     window_h = DedupSettings().window_s / 3600
     table = Table(
         "Redis memory of dedup done markers",
@@ -153,7 +153,7 @@ async def bytes_per_event(redis: aioredis.Redis, events: int) -> Table:
             "layout": "16-byte ids in bucketed listpack hashes",
             "bytes": per_event,
             "day": per_event * day / 1e9,
-            "window": per_event * 1_000 * DedupSettings().window_s * 1.125 / 1e6,
+            "window": per_event * 1_000 * DedupSettings().window_s * 1.25 / 1e6,
         }
     )
     table.notes.append(

@@ -73,8 +73,9 @@ class DedupStore:
         self._script = script
         self.lease_ms = lease_ms
         self.window_ms = window_ms
-        # Four buckets per window: a marker lives 1 to 1.25 windows; a new id is checked in ~5 hashes.
-        self.span_ms = max(1, window_ms // 4)
+        # Two buckets per window: a marker lives 1 to 1.5 windows; a new id is checked in ~3 hashes
+        # (a quarter window cost ~5 HEXISTS per claim: 28 µs of Redis time per event, claim + done).
+        self.span_ms = max(1, window_ms // 2)
         self._clock = clock
         self._open: dict[str, _Call] = {}
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -4,7 +4,7 @@ Per consumer group (all keys share the group's hash tag `{<namespace>:<group>}`,
 - `<prefix><event id>`: the lease of an event in flight (its owner token; short TTL). Before the
   compact layout this key also held `done` for a week; claim still reads that as done.
 - `<prefix>#<bucket>:<epoch>:<shard>`: done markers, 16-byte ids as fields of small hashes.
-  Time is cut into buckets of `span` ms (a quarter of the window); a bucket's hashes expire as a
+  Time is cut into buckets of `span` ms (half the window); a bucket's hashes expire as a
   whole one window after the bucket ends. A bucket starts with enough shards for the previous
   bucket's count at ~64 ids per hash (under Redis's default `hash-max-listpack-entries` 128, so
   each hash stays a compact listpack); once one of its hashes holds 96, a new epoch with 4x the
@@ -59,12 +59,19 @@ local function parse(spec)
   for c in string.gmatch(spec, '%d+') do counts[#counts + 1] = tonumber(c) end
   return counts
 end
+local heads = {}  -- 'base<bucket>:<epoch>:' per bucket and epoch, built once per call
+local function head(b, epoch)
+  local k = b * 64 + epoch
+  local h = heads[k]
+  if not h then h = base .. b .. ':' .. epoch .. ':'; heads[k] = h end
+  return h
+end
 local function shard(id, count)
   local a, b, c, d = string.byte(id, 13, 16)
   return ((a * 16777216 + b * 65536 + c * 256 + d) % count)
 end
 local function bucket_key(b, epoch, count, id)
-  return base .. b .. ':' .. epoch .. ':' .. shard(id, count)
+  return head(b, epoch) .. shard(id, count)
 end
 
 local specs = nil  -- bucket -> epochs' shard counts, over the window (+1 for a writer's clock ahead)
