@@ -15,6 +15,7 @@ An `ALPHA_*` variable that names no setting is logged as a warning with the clos
 from __future__ import annotations
 
 import re
+import socket
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -295,6 +296,9 @@ class Settings(_Settings):
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    instance_id: str = Field(default_factory=socket.gethostname)
+    """This instance's stable identity (`ALPHA_INSTANCE_ID`, default the hostname): exactly-once
+    derives its transactional id from it, so a restart fences the instance's own zombie."""
 
     @field_validator("redis_url")
     @classmethod

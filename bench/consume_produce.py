@@ -45,6 +45,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
@@ -54,11 +55,12 @@ from alpha_streaming import DedupSettings, RedpandaSettings, make_broker
 from bench._common import Fill, Row, fills, interleaved, prefill_envelopes, topics
 from middlewares import EnhancedTier
 
-PLAIN, ENHANCED = "plain", "enhanced"
-VARIANTS = (PLAIN, ENHANCED)
+PLAIN, ENHANCED, EXACTLY_ONCE = "plain", "enhanced", "exactly_once"
+VARIANTS = (PLAIN, ENHANCED, EXACTLY_ONCE)
 VARIANT_NAMES = {
     PLAIN: "plain, ACK_FIRST, returns a dict",
     ENHANCED: "enhanced tier + dedup, MANUAL, returns a model",
+    EXACTLY_ONCE: "enhanced tier, exactly_once (Kafka transactions, no Redis), returns a model",
 }
 PARTITIONS = 3
 DEFAULT_LINGER_MS: int = RedpandaSettings.model_fields["linger_ms"].default
@@ -133,10 +135,10 @@ def _plain(broker: KafkaBroker, source: str, out: str, first: _First) -> None:
         }
 
 
-def _enhanced(broker: KafkaBroker, source: str, out: str, first: _First) -> None:
+def _enhanced(broker: KafkaBroker, source: str, out: str, first: _First, group: str | None = None) -> None:
     @broker.subscriber(
         source,
-        group_id=f"bench-{uuid.uuid4().hex[:10]}",
+        group_id=group or f"bench-{uuid.uuid4().hex[:10]}",
         auto_offset_reset="earliest",
     )
     @broker.publisher(out)
@@ -161,6 +163,21 @@ async def measure(
     await counter.count(out)  # the counter knows the fresh topic's leaders before the clock starts
     first = _First()
     # FastStream logs every message; without a logger neither side pays for that.
+    if variant == EXACTLY_ONCE:
+        # Outputs are visible only once committed, atomically with the group's offsets: the run
+        # is done when the group has committed every input (end offsets count aborted data too).
+        group = f"bench-{uuid.uuid4().hex[:10]}"
+        tier = EnhancedTier("bench-cp", processing_guarantee="exactly_once", instance_id=group)
+        broker = tier.broker(settings, logger=None)
+        app = tier.install(FastStream(broker, logger=None))
+        _enhanced(broker, source, out, first, group)
+        await app.start()
+        try:
+            last = await asyncio.wait_for(_committed(bootstrap, group, count), RUN_TIMEOUT_S)
+        finally:
+            await app.stop()
+        assert first.at is not None
+        return count / (last - first.at), 0
     if variant == ENHANCED:
         tier = EnhancedTier(
             "bench-cp",
@@ -183,6 +200,20 @@ async def measure(
     extra = await counter.count(out) - count
     assert first.at is not None
     return count / (last - first.at), extra
+
+
+async def _committed(bootstrap: str, group: str, count: int) -> float:
+    """`perf_counter()` when `group` has committed `count` inputs (polled every 5 POLL_S)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        while True:
+            offsets = await admin.list_consumer_group_offsets(group)
+            if sum(max(meta.offset, 0) for meta in offsets.values()) >= count:
+                return time.perf_counter()
+            await asyncio.sleep(5 * POLL_S)
+    finally:
+        await admin.close()
 
 
 async def run(args: argparse.Namespace) -> list[Row]:
@@ -240,6 +271,8 @@ async def _case(
     await interleaved(args.runs, [(rows[v], measuring(v)) for v in VARIANTS])
     for variant, row in rows.items():
         row.note = "done = children on the output topic (end offsets)"
+        if variant == EXACTLY_ONCE:
+            row.note = "done = every input's offset committed (atomically with its child)"
         if linger_ms == DEFAULT_LINGER_MS:
             row.note += "; the project's default linger_ms"
         if extra[variant]:

@@ -26,11 +26,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
-from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka import KafkaBroker
+from faststream.message import StreamMessage
 from pydantic import BaseModel
 
 from alpha_streaming import (
@@ -42,6 +43,7 @@ from alpha_streaming import (
 )
 from bench._common import Column, Table, envelope_record, percentiles, topics, wait_assigned
 from bench.direct import raw_producer_options
+from middlewares._loop_context import LoopContext
 
 RATES = (1_000, 5_000)
 PARTITIONS = 3
@@ -52,6 +54,9 @@ VARIANT_NAMES = {
     DEFAULTS: "builder, defaults (concurrency=1)",
     CONCURRENT: "builder, concurrency=16",
 }
+# The record's headers carry the send time. FastStream's own `KafkaMessage` annotation resolves
+# through a worker thread per message (bench/README.md, Issue 12 §1): both sides read it on the loop.
+Message = Annotated[StreamMessage[Any], LoopContext("message")]
 DEDUP = DedupSettings(done_ttl_s=600)  # bench keys expire soon instead of after a week
 
 
@@ -114,7 +119,7 @@ def _plain(config: RedpandaSettings, topic: str, recorder: Recorder) -> KafkaBro
     broker = make_broker(config, logger=None)
 
     @broker.subscriber(topic, group_id=f"bench-lat-{uuid.uuid4().hex[:8]}", auto_offset_reset="earliest")
-    async def plain(body: dict[str, Any], msg: KafkaMessage) -> None:
+    async def plain(body: dict[str, Any], msg: Message) -> None:
         recorder.record(msg.headers)
 
     return broker
@@ -123,7 +128,7 @@ def _plain(config: RedpandaSettings, topic: str, recorder: Recorder) -> KafkaBro
 def _built(
     config: RedpandaSettings, topic: str, recorder: Recorder, redis: aioredis.Redis, concurrency: int
 ) -> Any:
-    async def on_tick(tick: Tick, message: KafkaMessage) -> None:
+    async def on_tick(tick: Tick, message: Message) -> None:
         recorder.record(message.headers)
 
     settings = Settings(redpanda=config, dedup=DEDUP)
@@ -161,7 +166,7 @@ async def measure(
         broker, start, stop = service.broker, service.start, service.stop
     await start()
     try:
-        subscriber = broker.subscribers[0]
+        subscriber: Any = broker.subscribers[0]
         await wait_assigned(lambda: subscriber.consumer.assignment() if subscriber.consumer else set())
         producer = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -54,6 +54,9 @@ class Commits:
     def __init__(self, *, every: int, interval_s: float) -> None:
         self.every = every
         self.interval_s = interval_s
+        self.commit: Callable[[CommitWindow, dict[TopicPartition, int]], Awaitable[None]] | None = None
+        """Replaces the consumer commit (exactly-once, `_transactions`): then no record awaits a
+        commit itself, every commit goes out in the background."""
         self._windows: weakref.WeakKeyDictionary[Any, CommitWindow] = weakref.WeakKeyDictionary()
         # The window of the consumer seen last: a single-message subscriber asks for it per message.
         self._last: tuple[Any, CommitWindow] | None = None
@@ -69,7 +72,7 @@ class Commits:
         window = self._windows.get(consumer)
         if window is None:
             window = self._windows[consumer] = CommitWindow(
-                consumer, every=self.every, interval_s=self.interval_s
+                consumer, every=self.every, interval_s=self.interval_s, commit=self.commit
             )
         self._last = (consumer, window)
         return window.begin(records)
@@ -79,6 +82,10 @@ class Commits:
         if claim is None:
             return
         window = claim.window
+        if self.commit is not None:  # a transactional commit waits for records: never inside one
+            if window.finish(claim) or flush or self._draining:
+                window.flush_soon()
+            return
         if window.finish(claim):
             if flush or self._draining or self.every == 1:
                 await window.flush()
@@ -99,7 +106,8 @@ class Commits:
             return
         claim.window.unfinished(claim)
         try:
-            await claim.window.flush()
+            if self.commit is None:
+                await claim.window.flush()
         except Exception as exc:  # the hold keeps later commits below the records
             log.warning("commit before a seek failed (%s: %s)", type(exc).__name__, exc)
         try:
@@ -115,6 +123,9 @@ class Commits:
                 await window.flush(partitions, drop=True)
             except Exception as exc:  # the new owner reads from the last commit: repeated, not lost
                 log.warning("commit on partition revoke failed (%s: %s)", type(exc).__name__, exc)
+
+    def windows(self) -> list[CommitWindow]:
+        return list(self._windows.values())
 
     async def drain(self) -> None:
         self._draining = True

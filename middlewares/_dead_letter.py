@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from traceback import format_exception
@@ -105,8 +105,18 @@ def dead_letter_headers(
 class DeadLetterWriter:
     """Writes DLQ records and waits for the broker's acknowledgement of every one of them."""
 
-    def __init__(self, *, service: str, send_timeout_s: float = 15.0, max_wait_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        *,
+        service: str,
+        send_timeout_s: float = 15.0,
+        max_wait_s: float = 120.0,
+        producer: Callable[[KafkaBroker], AIOKafkaProducer] | None = None,
+    ) -> None:
+        """`producer` replaces the writer's own: exactly-once writes into the broker's open
+        transaction, so a DLQ record and its offset commit together (`_transactions`)."""
         self.service = service
+        self._given = producer
         self.send_timeout_s = send_timeout_s
         self.max_wait_s = max_wait_s
         self._topics: dict[str, DlqTopic] = {}
@@ -126,7 +136,7 @@ class DeadLetterWriter:
         """Dead-letter every record; returns only once the broker acknowledged all of them."""
         failure = Failure.of(error, attempts=attempts, group_id=group_id, service=self.service)
         try:
-            producer = await self._producer(broker)
+            producer = self._given(broker) if self._given is not None else await self._producer(broker)
             pending = []
             for record in records:
                 target = dlq_topic(record.topic)

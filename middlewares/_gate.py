@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "TICKET_ATTRIBUTE",
+    "Barrier",
     "GateMiddleware",
     "Superseded",
     "Ticket",
@@ -42,8 +43,23 @@ class Lane(Protocol):
 
     slots: asyncio.Semaphore
     last: dict[Any, Ticket]
+    barrier: Barrier | None
 
     def supersede(self, tp: tuple[str, int], offset: int) -> None: ...
+
+
+class Barrier(Protocol):
+    """Exactly-once (`_transactions`): handler starts wait while a transaction commits."""
+
+    async def wait_open(self) -> None: ...
+
+    def entered(self, ticket: object) -> None: ...
+
+    def left(self, ticket: object) -> None: ...
+
+    def check(self, ticket: Ticket) -> None: ...
+
+    def failed(self, ticket: Ticket) -> None: ...
 
 
 class Superseded(Exception):
@@ -87,8 +103,13 @@ class Ticket:
             if prev.wake is None:
                 prev.wake = asyncio.get_running_loop().create_future()
             await prev.wake
+        barrier = self.lane.barrier
+        if barrier is not None:
+            await barrier.wait_open()
         if self.superseded:
             raise Superseded(f"offset {self.offset} of {self.tp[0]}[{self.tp[1]}] is read again")
+        if barrier is not None:
+            barrier.entered(self)  # no await since wait_open: no commit began in between
         await self.lane.slots.acquire()
         self.slot_held = self.entered = True
 
@@ -118,6 +139,8 @@ class Ticket:
         """The record's processing ended, however it ended."""
         self.pass_turn()
         self.release_slot()
+        if self.lane.barrier is not None:
+            self.lane.barrier.left(self)
 
 
 def _ticket_of(record: Any) -> Ticket | None:
@@ -185,10 +208,17 @@ class _Gate(BaseMiddleware[Any, Any]):
             return await call_next(msg)
         if not ticket.entered:  # a retry of this record keeps its turn and slot
             await ticket.enter()
+        barrier = ticket.lane.barrier
+        if barrier is not None:
+            barrier.check(ticket)  # exactly-once: dead-letter a record its aborted batch gave up on
         try:
             result = await call_next(msg)
         except AckMessage:
             ticket.handler_ended()  # done (the handler's ack, or its outputs acknowledged)
+            raise
+        except Exception:
+            if barrier is not None:
+                barrier.failed(ticket)  # what the attempt published is in the open transaction
             raise
         ticket.handler_ended()
         return result

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -66,6 +66,7 @@ class CommitWindow:
 
     __slots__ = (
         "_again",
+        "_commit_hook",
         "_consumer",
         "_count",
         "_every",
@@ -76,8 +77,17 @@ class CommitWindow:
         "_timer",
     )
 
-    def __init__(self, consumer: Any, *, every: int, interval_s: float) -> None:
+    def __init__(
+        self,
+        consumer: Any,
+        *,
+        every: int,
+        interval_s: float,
+        commit: Callable[[CommitWindow, dict[TopicPartition, int]], Awaitable[None]] | None = None,
+    ) -> None:
+        """`commit` replaces the consumer's offset commit (exactly-once: a Kafka transaction)."""
         self._consumer = consumer
+        self._commit_hook = commit
         self._every = every
         self._interval_s = interval_s
         self._partitions: dict[str, dict[int, _Partition]] = {}
@@ -160,8 +170,8 @@ class CommitWindow:
             if offsets:
                 await self._commit(offsets)
                 for part in chosen:
-                    if part.tp in offsets:
-                        part.committed = offsets[part.tp]
+                    if part.tp in offsets:  # a transactional commit may have gone further
+                        part.committed = max(part.committed, offsets[part.tp])
 
     async def wait_idle(self) -> None:
         """Let a background commit that is under way finish (at shutdown)."""
@@ -185,7 +195,46 @@ class CommitWindow:
         if self._count and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._interval_s, self.flush_soon)
 
+    @property
+    def consumer(self) -> Any:
+        return self._consumer
+
+    @property
+    def group_id(self) -> str:
+        return str(self._consumer._group_id)
+
+    def pending(self) -> dict[TopicPartition, int]:
+        """The low-water marks above the last commit (read by a transactional commit)."""
+        return {
+            part.tp: mark
+            for by_number in self._partitions.values()
+            for part in by_number.values()
+            if (mark := part.mark()) > part.committed
+        }
+
+    def committed_to(self, offsets: dict[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            part = self._partitions.get(tp.topic, {}).get(tp.partition)
+            if part is not None and offset > part.committed:
+                part.committed = offset
+
+    def rolled_back(self) -> dict[TopicPartition, int]:
+        """An aborted transaction: what finished since the last commit is undone (held at the
+        committed offset until read again); returns where each such partition must seek to."""
+        back = {}
+        for by_number in self._partitions.values():
+            for part in by_number.values():
+                if part.finished > part.committed or part.mark() > part.committed:
+                    part.finished = part.committed
+                    if part.hold is None or part.committed < part.hold:
+                        part.hold = part.committed
+                    back[part.tp] = part.committed
+        return back
+
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self._commit_hook is not None:
+            await self._commit_hook(self, offsets)
+            return
         try:
             await self._consumer.commit(offsets)
         except IllegalStateError:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from alpha_streaming._errors import ConfigError
-from middlewares._gate import TICKET_ATTRIBUTE, GateMiddleware, Ticket
+from middlewares._gate import TICKET_ATTRIBUTE, Barrier, GateMiddleware, Ticket
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -54,9 +54,16 @@ FETCH_WAIT_MS = 500
 class Pipeline:
     """The tier's pipelined subscribers: one `_Lane` per subscriber, and the handler gate."""
 
-    def __init__(self, *, begin: Callable[[Any, Collection[ConsumerRecord[Any, Any]]], Claim | None]) -> None:
-        """`begin(consumer, records)` takes records into the commit window (error routing's)."""
+    def __init__(
+        self,
+        *,
+        begin: Callable[[Any, Collection[ConsumerRecord[Any, Any]]], Claim | None],
+        barrier: Barrier | None = None,
+    ) -> None:
+        """`begin(consumer, records)` takes records into the commit window (error routing's);
+        `barrier` holds handler starts while a transaction commits (exactly-once)."""
         self._begin = begin
+        self.barrier = barrier
         self._lanes: dict[Any, _Lane] = {}
         self._concurrency: dict[Any, int] = {}
         self.gate = GateMiddleware()
@@ -75,9 +82,20 @@ class Pipeline:
         if subscriber in self._lanes or not _pipelinable(subscriber):
             return
         lane = _Lane(subscriber, self._concurrency.get(subscriber, default), self._begin)
+        lane.barrier = self.barrier
         self._lanes[subscriber] = lane
         subscriber.consume_one = lane.admit
         subscriber.get_msg = lane.next_record
+
+    def attached(self, subscriber: Any) -> bool:
+        return subscriber in self._lanes
+
+    def supersede(self, tp: tuple[str, int], offset: int) -> None:
+        """Records of `tp` admitted past `offset` that did not start are read again (after a seek to
+        `offset + 1`); records fetched before that seek are not admitted (exactly-once abort)."""
+        for lane in self._lanes.values():
+            lane.supersede(tp, offset)
+            lane.rewound[tp] = offset + 1
 
     async def settle(self, partitions: Collection[TopicPartition], timeout_s: float) -> None:
         """Before a rebalance moves `partitions`: handlers under way finish (bounded); records that
@@ -157,6 +175,9 @@ class _Lane:
         self.gone: set[tuple[str, int]] = set()
         """Partitions revoked and not assigned again: their records are not admitted."""
         self.closing = False
+        self.barrier: Barrier | None = None
+        self.rewound: dict[tuple[str, int], int] = {}
+        """Partitions sought back to an offset: records past it fetched before the seek are dropped."""
         self._begin = begin
 
     async def next_record(self, consumer: AIOKafkaConsumer) -> ConsumerRecord[Any, Any] | None:
@@ -190,6 +211,11 @@ class _Lane:
             # begun, so no commit passes it; the partition's next reader gets it.
             self.room.release()
             return
+        if self.rewound and (start := self.rewound.get(tp)) is not None:
+            if record.offset > start:  # fetched before the seek back: read again after it
+                self.room.release()
+                return
+            del self.rewound[tp]
         key: Any = (tp, record.key) if self.by_key and record.key is not None else tp
         ticket = Ticket(self, key, tp, record.offset, self.last.get(key))
         self.last[key] = ticket

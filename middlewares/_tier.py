@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker
 
-from alpha_streaming._broker import make_broker
+from alpha_streaming._broker import make_broker, raw_producer
 from alpha_streaming._errors import ConfigError
 from alpha_streaming._settings import ConsumerSettings, DedupSettings, MetricsSettings, Settings
 from alpha_streaming._topic_check import declared_topics, require_topics
@@ -42,6 +42,13 @@ from middlewares._outputs import OutputsMiddleware
 from middlewares._pipeline import Pipeline, checked_concurrency
 from middlewares._rebalance import Chained, RevokeListener, has_listener
 from middlewares._retry import RetryPolicy
+from middlewares._transactions import (
+    Transactions,
+    checked_guarantee,
+    exactly_once,
+    read_committed,
+    transactional_id,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -54,6 +61,13 @@ __all__ = ("AUTO_COMMIT_EVERY", "EnhancedTier", "enhanced_stack", "wrong_ack_pol
 
 AUTO_COMMIT_EVERY = COMMIT_EVERY
 """What `commit_every="auto"` means, with or without dedup (commits go out in the background)."""
+EXACTLY_ONCE_WITH_DEDUP = (
+    "processing_guarantee='exactly_once' cannot be combined with Redis dedup in this version: a "
+    "done marker written before its transaction commits would make the redo of an aborted batch "
+    "skip the handler and lose its outputs. Kafka transactions already make Kafka outputs "
+    "exactly-once: turn dedup off (settings.dedup.enabled=False / ALPHA_DEDUP__ENABLED=false, or "
+    "pass no Redis client)"
+)
 # How long shutdown waits for the records in flight before the broker stops.
 DRAIN_TIMEOUT_S = 30.0
 
@@ -81,7 +95,11 @@ class EnhancedTier:
         dedup: DedupSettings | None = None,
         consumer: ConsumerSettings | None = None,
         concurrency: int = 1,
+        processing_guarantee: str = "at_least_once",
+        instance_id: str | None = None,
     ) -> None:
+        """`processing_guarantee="exactly_once"`: Kafka transactions (`_transactions`); the
+        transactional id is `{service}-{instance_id}` (default `settings.instance_id`)."""
         if not service:
             raise ConfigError("EnhancedTier needs the service name, got an empty string")
         self.service = service
@@ -109,10 +127,21 @@ class EnhancedTier:
             commit_every=every if every != "auto" else AUTO_COMMIT_EVERY,
             commit_interval_s=consumer.commit_interval_s,
         )
-        self.pipeline = Pipeline(begin=self.routing.commits.begin)
+        self.guarantee = checked_guarantee(processing_guarantee)
+        self.transactions: Transactions | None = None
+        self.transactional_id: str | None = None
+        if self.guarantee == "exactly_once":
+            self.transactions = exactly_once(self.routing)
+            instance = instance_id or (settings.instance_id if settings is not None else None)
+            self.transactional_id = transactional_id(service, instance)
+        self.pipeline = Pipeline(begin=self.routing.commits.begin, barrier=self.transactions)
+        if self.transactions is not None:
+            self.transactions.supersede = self.pipeline.supersede
         self.concurrency = checked_concurrency(concurrency)
         self.dedup: DeduplicationMiddleware | None = None
         if redis is not None and deduplicating:
+            if self.transactions is not None:
+                raise ConfigError(EXACTLY_ONCE_WITH_DEDUP)
             namespace = dedup_namespace or service.replace(":", "-")
             self.dedup = DeduplicationMiddleware(redis, namespace=namespace, settings=dedup)
         self.middlewares: tuple[Any, ...] = tuple(
@@ -139,6 +168,16 @@ class EnhancedTier:
         """
         if config is None:
             config = self._redpanda if self._redpanda is not None else Settings().redpanda
+        if self.transactions is not None:
+            broker = make_broker(
+                config,
+                middlewares=(*outer, *self.middlewares),
+                ack_policy=AckPolicy.MANUAL,
+                transactional_id=self.transactional_id,
+                **options,
+            )
+            self.transactions.producer_of = lambda: raw_producer(broker)
+            return broker
         return make_broker(
             config,
             middlewares=(*outer, *self.middlewares),
@@ -220,6 +259,8 @@ class EnhancedTier:
                 self.verify(broker)
                 for subscriber in broker.subscribers:
                     self.pipeline.attach(subscriber, self.concurrency)
+                    if self.transactions is not None:
+                        read_committed(subscriber, attached=self.pipeline.attached(subscriber))
                     # Read by the subscriber when it starts its consumer; aiokafka takes one listener.
                     own = getattr(subscriber, "_listener", None)
                     if not has_listener(own, self.listener):

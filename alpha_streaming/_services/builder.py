@@ -25,7 +25,8 @@ from alpha_streaming._services.service import PRODUCER_CONTEXT_KEY, ServiceProdu
 from alpha_streaming._settings import RedpandaSettings, Settings
 from middlewares._pipeline import checked_concurrency
 from middlewares._retry import RetryPolicy
-from middlewares._tier import EnhancedTier
+from middlewares._tier import EXACTLY_ONCE_WITH_DEDUP, EnhancedTier
+from middlewares._transactions import ProcessingGuarantee, checked_guarantee
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -92,6 +93,13 @@ class StreamServiceBuilder:
         self._metrics: _Metrics | None = None
         self._producer_topics: list[str] | None = None
         self._consumers: list[_Consumer] = []
+        self._guarantee: ProcessingGuarantee = "at_least_once"
+
+    def with_processing_guarantee(self, guarantee: str) -> Self:
+        """`at_least_once` (default) or `exactly_once`: outputs and offsets in one Kafka transaction,
+        subscribers read `read_committed` (README, "Exactly-once (Kafka → Kafka)")."""
+        self._guarantee = checked_guarantee(guarantee)
+        return self
 
     def with_redis(self, client: RedisClient) -> Self:
         """Use `client` for deduplication (per service and consumer group) and health checks."""
@@ -161,6 +169,7 @@ class StreamServiceBuilder:
                 session_timeout_ms=poll.session_timeout_ms,
                 heartbeat_interval_ms=poll.heartbeat_interval_ms,
                 max_poll_records=poll.max_poll_records,
+                isolation_level="read_committed" if self._guarantee == "exactly_once" else "read_uncommitted",
             )
             subscriber(handler)
             tier.set_concurrency(subscriber, consumer.concurrency)
@@ -189,7 +198,10 @@ class StreamServiceBuilder:
             problems.append("service_name is empty; pass a name such as 'risk-manager'")
         if self._graceful_timeout <= 0:
             problems.append(f"graceful_timeout must be > 0 seconds, got {self._graceful_timeout}")
-        if self._settings.dedup.enabled and self._redis is None:
+        exactly_once = self._guarantee == "exactly_once"
+        if exactly_once and self._settings.dedup.enabled and self._redis is not None:
+            problems.append(EXACTLY_ONCE_WITH_DEDUP)
+        if self._settings.dedup.enabled and self._redis is None and not exactly_once:
             problems.append(
                 "deduplication is enabled (settings.dedup.enabled) but no Redis client was given: "
                 "call .with_redis(redis.asyncio.Redis.from_url(settings.redis_url)) "
@@ -237,7 +249,7 @@ class StreamServiceBuilder:
         return specs
 
     def _deduplicating(self) -> bool:
-        return self._settings.dedup.enabled and self._redis is not None
+        return self._settings.dedup.enabled and self._redis is not None and self._guarantee != "exactly_once"
 
     def _tier(self) -> EnhancedTier:
         metrics = self._metrics
@@ -250,6 +262,7 @@ class StreamServiceBuilder:
             meter_provider=metrics.meter_provider if metrics else None,
             tracer_provider=metrics.tracer_provider if metrics else None,
             prometheus_port=metrics.prometheus_port if metrics else None,
+            processing_guarantee=self._guarantee,
         )
 
 

@@ -49,7 +49,15 @@ ledger = Ledger(ledger_dir)
 figures = ProcessFigures(ledger_dir)
 redis = Redis.from_url(settings.redis_url)
 # Retry policy, dedup settings and commit window from `settings`; counters into the figures.
-tier = EnhancedTier(SERVICE, settings=settings, redis=redis, meter_provider=figures.meter_provider)
+# `FAULT_GUARANTEE=exactly_once`: Kafka transactions instead of dedup (README, "Exactly-once").
+GUARANTEE = os.environ.get("FAULT_GUARANTEE", "at_least_once")
+tier = EnhancedTier(
+    SERVICE,
+    settings=settings,
+    redis=redis if GUARANTEE == "at_least_once" else None,
+    meter_provider=figures.meter_provider,
+    processing_guarantee=GUARANTEE,
+)
 broker = tier.broker(settings.redpanda)
 app = tier.install(FastStream(broker))
 figures.attach(app)

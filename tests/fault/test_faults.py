@@ -17,12 +17,19 @@ import os
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from alpha_streaming import EventEnvelope
+from alpha_streaming._dlq import DeadLetter
+from alpha_streaming._tools.log_reader import read_bounded
 from tests.fault._harness import (
+    PARTITIONS,
     Scenario,
     assert_exactly_once,
+    kill_at,
     make_events,
     outage,
     publish,
@@ -249,3 +256,66 @@ async def test_handler_slower_than_max_poll_interval_runs_once(scenario: MakeSce
     assert_exactly_once(verdict)
     # The forced rebalance happened: records were delivered a second time and dedup skipped them.
     assert verdict.deduplicated >= 1, verdict.line()
+
+
+EOS_KILLS = 5
+
+
+async def _read_committed(bootstrap: str, topic: str) -> list[Any]:
+    """Every committed record of `topic` (aborted transactions skipped), read without a group."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        return [record async for record in read_bounded(consumer)]
+    finally:
+        await consumer.stop()
+
+
+async def test_exactly_once_consume_produce_under_sigkill_commits_one_output_per_input(
+    scenario: MakeScenario,
+) -> None:
+    """Stage 1 of the pipeline scenario with `exactly_once` (no dedup), SIGKILLed five times: a
+    read_committed reader sees exactly one output record per input and one DLQ record per poison
+    record, the group's lag is 0. Handler runs may repeat (a killed batch is redone): the ledger
+    is not the proof here, the committed output topic is."""
+    out = scenario("eos_out")
+    s = scenario(
+        "eos_in",
+        app="tests.fault.pipeline_stage1:app",
+        FAULT_OUTPUT_TOPIC=out.topic,
+        FAULT_GUARANTEE="exactly_once",
+        ALPHA_INSTANCE_ID="fault-eos-1",  # the same across restarts: a restart fences its zombie
+        ALPHA_REDPANDA_LINGER_MS="0",
+    )
+    await asyncio.gather(s.create_topics(), out.create_topics())
+    events = make_events(N + N // (POISON_EVERY - 1), poison_every=POISON_EVERY)
+    good = [e for e in events if not e.poison]
+    await publish(s.stack.kafka, s.topic, events)
+    seed = random.randrange(1 << 30)
+    points = sorted(random.Random(seed).sample(range(100, len(good) * 4 // 5), EOS_KILLS))
+    _, recover = await kill_at(s, s.spawn(), points)
+    await run_to_completion(s, events, within=COMPLETION_TIMEOUT_S)
+    s.stop_all()
+    outputs = await _read_committed(s.stack.kafka, out.topic)
+    per_input = collections.Counter(EventEnvelope.from_bytes(r.value or b"").causation_id for r in outputs)
+    letters = await _read_committed(s.stack.kafka, s.dlq_topic)
+    letter_of = [DeadLetter.from_headers(r.headers) for r in letters]
+    origins = collections.Counter((d.original_partition, d.original_offset) for d in letter_of)
+    runs = collections.Counter(effect.event_id for effect in s.effects())
+    lag = await s.lag()
+    line = (
+        f"[exactly_once] seed={seed} events={len(events)} good={len(good)} outputs={len(outputs)} "
+        f"distinct_parents={len(per_input)} dlq={len(letters)} handler_reruns="
+        f"{sum(n - 1 for n in runs.values() if n > 1)} recover_s={recover} lag={lag}"
+    )
+    print(line)
+    assert {e.event_id for e in good} == set(per_input), line
+    assert all(n == 1 for n in per_input.values()), f"an input with several committed outputs: {line}"
+    assert len(outputs) == len(good), line
+    assert len(letters) == len(events) - len(good) == len(origins), line
+    assert lag == 0, line
