@@ -46,7 +46,17 @@ log = logging.getLogger("middlewares._dedup")
 
 # A Redis Cluster that lost a master answers CLUSTERDOWN (or TRYAGAIN while slots move): an outage
 # like a refused connection, never a handler failure to retry and dead-letter.
-OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, TryAgainError)
+# redis-py's cluster client can fail a call on a connection reset under it during a failover
+# with `AttributeError: 'NoneType' object has no attribute 'writelines'` (seen in the Redis
+# Cluster master-kill scenario): an outage too, never a handler failure to retry and dead-letter.
+OUTAGE_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    TryAgainError,
+    AttributeError,
+)
 T = TypeVar("T")
 
 
@@ -175,9 +185,9 @@ class DedupRuntime(BaseMiddleware[Any, Any]):
         config, prefix = self._config, self._prefix
         try:
             await self._redis(config.store.done, ids, state)
-        except (RedeliveryRequested, _FailOpen) as exc:
-            # The handler ran: redelivering would run it again, so accept the small risk that a
-            # later copy of this event is not recognised.
+        except Exception as exc:  # whatever failed, the handler ran
+            # The handler ran: redelivering or retrying would run it again, so accept the small
+            # risk that a later copy of this event is not recognised.
             log.error(
                 "dedup: done marker not written for %d event(s) (%s); processing continues", len(ids), exc
             )
