@@ -169,21 +169,16 @@ class EnhancedTier:
         if config is None:
             config = self._redpanda if self._redpanda is not None else Settings().redpanda
         if self.transactions is not None:
-            broker = make_broker(
-                config,
-                middlewares=(*outer, *self.middlewares),
-                ack_policy=AckPolicy.MANUAL,
-                transactional_id=self.transactional_id,
-                **options,
-            )
-            self.transactions.producer_of = lambda: raw_producer(broker)
-            return broker
-        return make_broker(
+            options["transactional_id"] = self.transactional_id
+        broker = make_broker(
             config,
             middlewares=(*outer, *self.middlewares),
             ack_policy=AckPolicy.MANUAL,
             **options,
         )
+        if self.transactions is not None:
+            self.transactions.producer_of = lambda: raw_producer(broker)
+        return broker
 
     def install(self, app: FastStream) -> FastStream:
         """Tie the tier to `app`'s lifecycle (startup checks, listener, drain, close); returns `app`."""

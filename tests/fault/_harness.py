@@ -324,9 +324,14 @@ class Scenario:
             tails.append(f"--- {path.name} (last 30 lines) ---\n" + "\n".join(lines[-30:]))
         return "\n".join(tails)
 
-    async def read_topic(self, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
-        """Every record of `topic`, read without a group (nothing committed)."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.stack.kafka, enable_auto_commit=False)
+    async def read_topic(
+        self, topic: str, *, isolation_level: str = "read_uncommitted"
+    ) -> list[ConsumerRecord[bytes, bytes]]:
+        """Every record of `topic`, read without a group (nothing committed); `read_committed`
+        skips aborted transactions."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.stack.kafka, enable_auto_commit=False, isolation_level=isolation_level
+        )
         await consumer.start()
         try:
             partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]

@@ -17,16 +17,12 @@ import os
 import random
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from alpha_streaming import EventEnvelope
 from alpha_streaming._dlq import DeadLetter
-from alpha_streaming._tools.log_reader import read_bounded
 from tests.fault._harness import (
-    PARTITIONS,
     Scenario,
     assert_exactly_once,
     kill_at,
@@ -261,21 +257,6 @@ async def test_handler_slower_than_max_poll_interval_runs_once(scenario: MakeSce
 EOS_KILLS = 5
 
 
-async def _read_committed(bootstrap: str, topic: str) -> list[Any]:
-    """Every committed record of `topic` (aborted transactions skipped), read without a group."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
-    )
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        return [record async for record in read_bounded(consumer)]
-    finally:
-        await consumer.stop()
-
-
 async def test_exactly_once_consume_produce_under_sigkill_commits_one_output_per_input(
     scenario: MakeScenario,
 ) -> None:
@@ -301,9 +282,9 @@ async def test_exactly_once_consume_produce_under_sigkill_commits_one_output_per
     _, recover = await kill_at(s, s.spawn(), points)
     await run_to_completion(s, events, within=COMPLETION_TIMEOUT_S)
     s.stop_all()
-    outputs = await _read_committed(s.stack.kafka, out.topic)
+    outputs = await out.read_topic(out.topic, isolation_level="read_committed")
     per_input = collections.Counter(EventEnvelope.from_bytes(r.value or b"").causation_id for r in outputs)
-    letters = await _read_committed(s.stack.kafka, s.dlq_topic)
+    letters = await s.read_topic(s.dlq_topic, isolation_level="read_committed")
     letter_of = [DeadLetter.from_headers(r.headers) for r in letters]
     origins = collections.Counter((d.original_partition, d.original_offset) for d in letter_of)
     runs = collections.Counter(effect.event_id for effect in s.effects())

@@ -17,9 +17,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from alpha_streaming import DedupSettings, Settings, StreamServiceBuilder
 from tests.conftest import unavailable
-from tests.unit.test_asyncapi import decorator_document, legacy
+from tests.unit.test_asyncapi import builder_document, decorator_document
 
 SPECS = "@asyncapi/specs@6.11.1"
 CACHE = Path.home() / ".cache" / "alpha-streaming" / "asyncapi-specs-6.11.1"
@@ -57,13 +56,7 @@ def test_a_decorator_apps_document_is_valid_asyncapi_3(asyncapi_3_schema: dict[s
 
 
 def test_a_builder_services_document_is_valid_asyncapi_3(asyncapi_3_schema: dict[str, Any]) -> None:
-    service = (
-        StreamServiceBuilder("gate", settings=Settings(dedup=DedupSettings(enabled=False)))
-        .add_consumer_handler(topics=["paper.signals.raw"], group_id="g", handler_func=legacy)
-        .add_producer(topics=["paper.signals.validated"])
-        .build()
-    )
-    document = json.loads(service.app.schema.to_specification().to_json())
+    document = builder_document()
     assert problems(asyncapi_3_schema, document) == []
 
 

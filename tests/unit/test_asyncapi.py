@@ -82,14 +82,19 @@ async def legacy(message: dict[str, Any], topic: str) -> None:
     return None
 
 
-def test_the_builders_services_get_the_same_description() -> None:
+def builder_document() -> dict[str, Any]:
     service = (
         StreamServiceBuilder("gate", settings=Settings(dedup=DedupSettings(enabled=False)))
         .add_consumer_handler(topics=["paper.signals.raw"], group_id="g", handler_func=legacy)
         .add_producer(topics=["paper.signals.validated"])
         .build()
     )
-    document = json.loads(service.app.schema.to_specification().to_json())
+    document: dict[str, Any] = json.loads(service.app.schema.to_specification().to_json())
+    return document
+
+
+def test_the_builders_services_get_the_same_description() -> None:
+    document = builder_document()
     # A legacy handler receives the whole envelope as a dict: `data` is any object.
     assert message_of(document, "paper.signals.raw:Legacy")["payload"] == ENVELOPE_REF
     assert message_of(document, "paper.signals.validated:gate")["payload"] == ENVELOPE_REF
