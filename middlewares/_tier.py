@@ -34,6 +34,7 @@ from alpha_streaming._errors import ConfigError
 from alpha_streaming._settings import ConsumerSettings, DedupSettings, MetricsSettings, Settings
 from alpha_streaming._topic_check import declared_topics, require_topics
 from middlewares._committer import COMMIT_EVERY
+from middlewares._dead_letter_once import DeadLetterOnce
 from middlewares._dedup import DeduplicationMiddleware
 from middlewares._envelope import EnvelopeMiddleware
 from middlewares._error_routing import ErrorRoutingMiddleware
@@ -144,6 +145,7 @@ class EnhancedTier:
                 raise ConfigError(EXACTLY_ONCE_WITH_DEDUP)
             namespace = dedup_namespace or service.replace(":", "-")
             self.dedup = DeduplicationMiddleware(redis, namespace=namespace, settings=dedup)
+            self.routing.dead_letter = DeadLetterOnce(self.routing.dead_letter, self.dedup)
         self.middlewares: tuple[Any, ...] = tuple(
             m
             for m in (

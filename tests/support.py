@@ -234,6 +234,17 @@ async def lag_drains(admin: AIOKafkaAdminClient, bootstrap: str, group: str, top
         await asyncio.sleep(0.1)
 
 
+async def commit_offset(bootstrap: str, group: str, tp: TopicPartition, offset: int) -> None:
+    """Set the group's committed offset from outside the group (e.g. as if a commit had been lost)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: offset})
+    finally:
+        await consumer.stop()
+
+
 async def committed_offsets(admin: AIOKafkaAdminClient, group: str) -> dict[int, int]:
     """The group's committed offset per partition, as the broker reports it now."""
     committed = await admin.list_consumer_group_offsets(group)

@@ -9,17 +9,31 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faststream.kafka import KafkaBroker
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from alpha_streaming._dlq import DeadLetter
+from alpha_streaming._errors import PermanentError
 from alpha_streaming._settings import DedupSettings, RedpandaSettings
+from alpha_streaming._topics import dlq_topic
 from middlewares._envelope import CurrentEnvelope
 from middlewares._retry import RetryPolicy
 from middlewares._state import Outcome
 from middlewares._tier import EnhancedTier
-from tests.support import Spy, event, eventually, free_port, lag_drains, send, shut_down
+from tests.support import (
+    Spy,
+    commit_offset,
+    event,
+    eventually,
+    free_port,
+    lag_drains,
+    read_topic,
+    send,
+    shut_down,
+)
 
 NewTopic = Callable[..., Awaitable[str]]
 SUBSCRIBE: dict[str, Any] = {"auto_offset_reset": "earliest"}  # the tier's broker acks MANUAL
@@ -123,6 +137,44 @@ async def test_a_duplicate_arriving_while_the_original_is_in_flight_runs_once(
     assert handled == [target.id]
     assert sorted(s.outcome for s in spy.states) == sorted([Outcome.PROCESSED, Outcome.DEDUPLICATED])
     assert lag == 0
+
+
+async def test_a_poison_record_read_again_after_its_dlq_write_is_not_dead_lettered_twice(
+    kafka_bootstrap: str,
+    kafka_admin: AIOKafkaAdminClient,
+    redis_client: aioredis.Redis,
+    new_topic: NewTopic,
+    unique: Callable[[str], str],
+) -> None:
+    """The commit after a DLQ write can be lost (a rebalance, a crash): the record's next delivery
+    skips the write. A replay of it (the same bytes at a new offset) is a new delivery source."""
+    topic, group, namespace = await new_topic(prefix="paper.dlqonce"), unique("g"), unique("ns")
+    poison = event(1)
+
+    async def run_until_drained() -> None:
+        tier, broker = service(kafka_bootstrap, Spy(), redis_client, namespace)
+
+        @broker.subscriber(topic, group_id=group, **SUBSCRIBE)
+        async def handle(body: dict[str, Any]) -> None:
+            raise PermanentError("poison")
+
+        await broker.start()
+        try:
+            assert await lag_drains(kafka_admin, kafka_bootstrap, group, topic) == 0
+        finally:
+            await stop((tier, broker))
+
+    await send(kafka_bootstrap, topic, (poison, 0))
+    await run_until_drained()
+    await commit_offset(kafka_bootstrap, group, TopicPartition(topic, 0), 0)  # the commit was lost
+    await send(kafka_bootstrap, topic, (poison, 0))  # a replay: offset 1
+    await run_until_drained()
+    end = event(2)
+    await send(kafka_bootstrap, dlq_topic(topic), (end, 0))  # after everything the services wrote
+    dlq = await read_topic(kafka_bootstrap, dlq_topic(topic), 3)
+    # One DLQ record per delivery source (offset 0 once, its replay at offset 1 once), then `end`.
+    assert [DeadLetter.from_headers(list(r.headers)).original_offset for r in dlq[:2]] == [0, 1]
+    assert dlq[2].value == end.to_bytes()
 
 
 class PrivateRedis:
