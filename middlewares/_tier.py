@@ -38,18 +38,13 @@ from middlewares._dead_letter_once import DeadLetterOnce
 from middlewares._dedup import DeduplicationMiddleware
 from middlewares._envelope import EnvelopeMiddleware
 from middlewares._error_routing import ErrorRoutingMiddleware
+from middlewares._exactly_once import checked_guarantee, exactly_once, read_committed, transactional_id
 from middlewares._metrics import MetricsMiddleware
 from middlewares._outputs import OutputsMiddleware
 from middlewares._pipeline import Pipeline, checked_concurrency
 from middlewares._rebalance import Chained, RevokeListener, has_listener
 from middlewares._retry import RetryPolicy
-from middlewares._transactions import (
-    Transactions,
-    checked_guarantee,
-    exactly_once,
-    read_committed,
-    transactional_id,
-)
+from middlewares._transactions import Transactions
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -185,6 +180,8 @@ class EnhancedTier:
     def install(self, app: FastStream) -> FastStream:
         """Tie the tier to `app`'s lifecycle (startup checks, listener, drain, close); returns `app`."""
         app.on_startup(self._check_and_listen_on(app))
+        if self.transactions is not None:
+            self.transactions.on_fenced = app.exit
         app.after_startup(self._watch_lag_on(app))
         app.on_shutdown(self.drain)
         app.after_shutdown(self.close)

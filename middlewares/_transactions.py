@@ -1,78 +1,61 @@
 """Exactly-once Kafka → Kafka: one Kafka transaction per commit window's batch, not per message.
 
-With `processing_guarantee="exactly_once"` the tier's broker has a transactional producer, so
-every handler output and every dead-letter record goes into the transaction that is open while
-the handler runs. The commit windows (`_low_water`) decide *when* to commit, as in at-least-once;
-this module replaces *how* (`CommitWindow(commit=...)`): at a commit point the `Transactions`
-barrier stops new handler starts, waits until every record whose handler started has ended (its
-outcome is in its window), then adds the low-water offsets of every window of the broker to the
-transaction (`send_offsets_to_transaction`, per consumer group) and commits it. Outputs and
-offsets become visible to `read_committed` readers together, or not at all.
+Every handler output and dead-letter record of the tier goes into the transaction open while the
+handler runs. The commit windows (`_low_water`) decide *when* to commit, as in at-least-once;
+`Transactions` decides *how*: at a commit point the barrier stops new handler starts, waits until
+every started handler ended, checks that each consumer is still a member of its group (a zombie
+that lost its partitions must not commit offsets the new owner re-processes: aiokafka's
+TxnOffsetCommit carries no group generation, KIP-447), adds the low-water offsets of every window
+(`send_offsets_to_transaction`, per group) and commits. Outputs and offsets become visible to
+`read_committed` readers together, or not at all.
 
-A failed commit aborts the transaction: the windows forget what finished since the last
-committed offsets, records admitted but not started are superseded, and each consumer seeks back
-to its committed offsets, so the batch is processed again into the next transaction. A fenced
-producer (`ProducerFenced`: another instance with the same transactional id started) is fatal:
-the barrier stays closed and this instance publishes nothing more.
+A failed commit, a failed handler attempt (what it published is in the transaction) or a lost
+membership aborts the transaction: the windows forget what finished since the committed offsets,
+records admitted but not started are superseded, each consumer seeks back, and the batch is
+processed again into the next transaction. A transaction still open at `DEADLINE_SHARE` of the
+producer's `transaction_timeout_ms` (a slow handler) is aborted by us before Kafka's timeout
+would fence the producer; its running handlers' records are redone, and a record that outlives
+the deadline `MAX_OVERRUNS` times is dead-lettered. A fenced producer (`ProducerFenced`: a newer
+instance with the same transactional id started) is fatal: the barrier stays closed and
+`on_fenced` (the app's exit) is called, so the partitions go to the live instance.
 
-Records must pass the pipeline's gate (single-message subscribers), which is where the barrier
-sits; a record never awaits a commit itself in this mode (`Commits(inline=False)`), so the barrier
-cannot wait on a record that waits on the commit.
+Records must pass the pipeline's gate (single-message subscribers), where the barrier sits; a
+record never awaits a commit itself in this mode (`Commits(inline=False)`), so the barrier cannot
+wait on a record that waits on the commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-import socket
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING
 
 from aiokafka import errors as ak
 from faststream.exceptions import RejectMessage
 
-from alpha_streaming._broker import raw_producer
 from alpha_streaming._errors import ConfigError
-from middlewares._dead_letter import DeadLetterWriter
+from middlewares._gate import Superseded
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from aiokafka import AIOKafkaProducer, TopicPartition
 
-    from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
-    from faststream.kafka import KafkaBroker
-
-    from middlewares._dead_letter import DeadLetterSink
-    from middlewares._error_routing import ErrorRoutingMiddleware
     from middlewares._gate import Ticket
     from middlewares._low_water import CommitWindow
 
-__all__ = (
-    "GUARANTEES",
-    "ProcessingGuarantee",
-    "Transactions",
-    "checked_guarantee",
-    "exactly_once",
-    "read_committed",
-    "transactional_id",
-)
+__all__ = ("DEADLINE_SHARE", "MAX_OVERRUNS", "GivenUp", "TransactionAborted", "Transactions")
 
 log = logging.getLogger(__name__)
 
-ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
-GUARANTEES: tuple[str, ...] = get_args(ProcessingGuarantee)
+DEADLINE_SHARE = 0.5
+"""Of `transaction_timeout_ms`: when an open transaction with handlers still running is aborted."""
+MAX_OVERRUNS = 2
+"""A record whose handler outlives the deadline this many times is dead-lettered."""
 
 
-def checked_guarantee(value: object) -> ProcessingGuarantee:
-    if value not in GUARANTEES:
-        allowed = ", ".join(repr(g) for g in GUARANTEES)
-        raise ConfigError(f"processing_guarantee must be one of {allowed}, got {value!r}")
-    return value  # type: ignore[return-value]
-
-
-def transactional_id(service: str, instance_id: str | None) -> str:
-    """Stable across restarts of one instance, distinct between instances: a restarted instance
-    fences its own zombie (Kafka bumps the producer epoch of the id)."""
-    return f"{service}-{instance_id or socket.gethostname()}"
+class DeadlineExceeded(Exception):
+    """The record's handler outlived its transaction's deadline on every try."""
 
 
 class GivenUp(RejectMessage):
@@ -84,52 +67,6 @@ class GivenUp(RejectMessage):
 
     def __str__(self) -> str:
         return self.message
-
-
-def exactly_once(routing: ErrorRoutingMiddleware) -> Transactions:
-    """Turn `routing`'s commits into transactional ones, its DLQ writes into transactional sends."""
-    transactions = Transactions()
-    routing.commits.commit = transactions.commit
-    transactions.windows = routing.commits.windows
-    routing.dead_letter = _Remembered(
-        DeadLetterWriter(service=routing.service, producer=raw_producer), transactions
-    )
-    return transactions
-
-
-class _Remembered:
-    """The DLQ sink, noting which records were dead-lettered in the open transaction."""
-
-    def __init__(self, sink: DeadLetterSink, transactions: Transactions) -> None:
-        self.sink, self.transactions = sink, transactions
-
-    async def write(
-        self,
-        broker: KafkaBroker,
-        records: Sequence[ConsumerRecord[Any, Any]],
-        error: BaseException,
-        *,
-        attempts: int,
-        group_id: str | None,
-    ) -> None:
-        await self.sink.write(broker, records, error, attempts=attempts, group_id=group_id)
-        for record in records:
-            self.transactions.given_up[(record.topic, record.partition, record.offset)] = error
-
-    async def close(self) -> None:
-        await self.sink.close()
-
-
-def read_committed(subscriber: Any, *, attached: bool) -> None:
-    """An exactly-once tier's subscriber reads only committed data, and must be pipelined (the
-    barrier sits in the pipeline's gate)."""
-    if not attached:
-        raise ConfigError(
-            f"processing_guarantee='exactly_once' supports single-message subscribers without "
-            f"max_workers; {type(subscriber).__name__} on "
-            f"{', '.join(getattr(subscriber, 'topic_names', None) or ())} is not one"
-        )
-    subscriber._connection_args["isolation_level"] = "read_committed"
 
 
 class TransactionAborted(Exception):
@@ -146,12 +83,17 @@ class Transactions:
         """Every commit window of the tier (every consumer); set by the tier."""
         self.supersede: Callable[[tuple[str, int], int], None] = lambda tp, offset: None
         """Records of `tp` admitted past `offset` and not started are read again; set by the tier."""
+        self.on_fenced: Callable[[], None] = lambda: None
+        """Called once when the producer is fenced; `install` makes it stop the app."""
         self.fenced = False
         self.doomed = False
         """A handler attempt failed: what it published is in the open transaction, so it aborts."""
         self.given_up: dict[tuple[str, int, int], BaseException] = {}
         """Records dead-lettered in the open transaction (kept over an abort: dead-lettered at once)."""
         self._poison: dict[tuple[str, int, int], BaseException] = {}
+        self._overruns: collections.Counter[tuple[str, int, int]] = collections.Counter()
+        self._overdue: set[object] = set()
+        """Tickets running when their transaction was aborted at the deadline: they end superseded."""
         self.commits = self.aborts = 0
         self._open = asyncio.Event()
         self._open.set()
@@ -160,6 +102,9 @@ class Transactions:
         self._active: set[object] = set()
         self._lock = asyncio.Lock()
         self._begin_lock = asyncio.Lock()
+        self._serial = 0
+        self._deadline_at = 0.0
+        self._expiries: set[asyncio.Task[None]] = set()
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -180,6 +125,7 @@ class Transactions:
                 async with self._begin_lock:
                     if self._open.is_set() and not producer._txn_manager.is_in_transaction():
                         await producer.begin_transaction()
+                        self._arm_deadline(producer)
                 continue
             return
 
@@ -189,10 +135,14 @@ class Transactions:
 
     def left(self, ticket: object) -> None:
         self._active.discard(ticket)
+        self._overdue.discard(ticket)
         if not self._active:
             self._idle.set()
 
     def check(self, ticket: Ticket) -> None:
+        """Before each handler attempt: a record of an aborted batch is read again or dead-lettered."""
+        if ticket in self._overdue:
+            raise Superseded(f"offset {ticket.offset} of {ticket.tp[0]}[{ticket.tp[1]}] is redone")
         error = self._poison.get((ticket.tp[0], ticket.tp[1], ticket.offset))
         if error is not None:
             raise GivenUp(f"dead-lettered after an aborted batch: {type(error).__name__}: {error}") from error
@@ -210,7 +160,9 @@ class Transactions:
                 raise ak.ProducerFenced()
             self._open.clear()
             try:
-                await self._idle.wait()
+                if not await self._idle_before_deadline():
+                    await self._abort_overdue()
+                    raise TransactionAborted("a handler outlived the transaction's deadline")
                 await self._commit_all(window, offsets)
             finally:
                 if not self.fenced:
@@ -228,16 +180,23 @@ class Transactions:
         producer = self.producer
         txn = producer._txn_manager
         if txn.is_fatal_error():  # fenced (or another fatal error): this producer is done
-            self.fenced = True
-            log.error("exactly-once: the transactional producer failed fatally (fenced?); stopping work")
+            self._fence("the transactional producer failed fatally")
             raise ak.ProducerFenced()
         if not by_group and not txn.is_in_transaction():
             return
         if self.doomed:
             log.warning("exactly-once: a handler failed in this batch; aborting it, the batch is redone")
-            self._poison.update(self.given_up)
             await self._abort(pending)
             raise TransactionAborted("a handler attempt failed in the batch")
+        lost = [w.group_id for w, marks in pending.items() if marks and not await _still_member(w)]
+        if lost:
+            log.warning(
+                "exactly-once: no longer a member of group(s) %s (the partitions went to another "
+                "consumer); aborting the batch instead of committing it",
+                ", ".join(sorted(set(lost))),
+            )
+            await self._abort(pending)
+            raise TransactionAborted("the consumer lost its group membership")
         try:
             if not txn.is_in_transaction():
                 await producer.begin_transaction()
@@ -246,8 +205,7 @@ class Transactions:
             await producer.commit_transaction()
         except Exception as exc:
             if isinstance(exc, ak.ProducerFenced) or txn.is_fatal_error():
-                self.fenced = True
-                log.error("exactly-once: producer fenced by a newer instance with the same id; stopping work")
+                self._fence("producer fenced by a newer instance with the same transactional id")
                 raise
             log.warning(
                 "exactly-once: commit failed (%s: %s); aborting, the batch is redone", type(exc).__name__, exc
@@ -258,25 +216,16 @@ class Transactions:
         for key in self.given_up:
             self._poison.pop(key, None)
         self.given_up.clear()
+        self._overruns.clear()
         for w, marks in pending.items():
             w.committed_to(marks)
 
     async def _abort(self, pending: dict[CommitWindow, dict[TopicPartition, int]]) -> None:
         self.aborts += 1
+        self._poison.update(self.given_up)
         self.doomed = False
         self.given_up.clear()
-        producer = self.producer
-        try:
-            if (
-                producer._txn_manager.is_in_transaction()
-                or producer._txn_manager.state.name == "ABORTABLE_ERROR"
-            ):
-                await producer.abort_transaction()
-        except ak.ProducerFenced:
-            self.fenced = True
-            raise
-        except Exception as exc:  # the broker aborts it at the transaction timeout anyway
-            log.warning("exactly-once: abort failed (%s: %s)", type(exc).__name__, exc)
+        await self._abort_producer()
         for w in pending:
             for tp, offset in w.rolled_back().items():
                 self.supersede((tp.topic, tp.partition), offset - 1)
@@ -284,3 +233,90 @@ class Transactions:
                     w.consumer.seek(tp, offset)
                 except Exception as exc:  # e.g. the partition was revoked: its new owner reads it
                     log.warning("exactly-once: seek back failed (%s: %s)", type(exc).__name__, exc)
+
+    async def _abort_producer(self) -> None:
+        txn = self.producer._txn_manager
+        try:
+            if txn.is_in_transaction() or txn.state.name == "ABORTABLE_ERROR":
+                await self.producer.abort_transaction()
+        except ak.ProducerFenced:
+            self._fence("producer fenced by a newer instance with the same transactional id")
+            raise
+        except Exception as exc:  # the broker aborts it at the transaction timeout anyway
+            log.warning("exactly-once: abort failed (%s: %s)", type(exc).__name__, exc)
+
+    def _fence(self, why: str) -> None:
+        if not self.fenced:
+            self.fenced = True
+            log.error("exactly-once: %s; this instance stops (its partitions go to the live one)", why)
+            self.on_fenced()
+
+    # --- the deadline (a handler slower than the transaction timeout) ---
+
+    def _arm_deadline(self, producer: AIOKafkaProducer) -> None:
+        self._serial += 1
+        loop = asyncio.get_running_loop()
+        limit_s = producer._txn_manager.transaction_timeout_ms / 1000 * DEADLINE_SHARE
+        self._deadline_at = loop.time() + limit_s
+        loop.call_later(limit_s, self._expire_soon, self._serial)
+
+    def _expire_soon(self, serial: int) -> None:
+        if serial == self._serial and self._active:
+            task = asyncio.get_running_loop().create_task(self._expire(serial))
+            self._expiries.add(task)
+            task.add_done_callback(self._expiries.discard)
+
+    async def _expire(self, serial: int) -> None:
+        async with self._lock:
+            if serial != self._serial or self.fenced or not self._active:
+                return  # committed meanwhile, or the handlers ended: the next commit takes it
+            self._open.clear()
+            try:
+                await self._abort_overdue()
+            except Exception as exc:
+                log.warning("exactly-once: overdue abort failed (%s: %s)", type(exc).__name__, exc)
+            finally:
+                if not self.fenced:
+                    self._open.set()
+
+    async def _idle_before_deadline(self) -> bool:
+        """Wait for the started handlers to end; False if the transaction's deadline came first."""
+        remaining = self._deadline_at - asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=max(remaining, 0.0))
+        except TimeoutError:
+            return self._idle.is_set()
+        return True
+
+    async def _abort_overdue(self) -> None:
+        """Abort the open transaction under running handlers: their later sends fail (no
+        transaction), their records end superseded and are read again after the seek back."""
+        self._overdue |= self._active
+        for ticket in self._active:
+            key = (ticket.tp[0], ticket.tp[1], ticket.offset)  # type: ignore[attr-defined]
+            self._overruns[key] += 1
+            if self._overruns[key] >= MAX_OVERRUNS:
+                self._poison[key] = DeadlineExceeded(
+                    f"the handler outlived {DEADLINE_SHARE:.0%} of transaction_timeout_ms "
+                    f"{self._overruns[key]} times"
+                )
+        log.warning(
+            "exactly-once: %d handler(s) still running at the transaction's deadline (%.0f%% of "
+            "transaction_timeout_ms); aborting the batch, it is redone",
+            len(self._active),
+            DEADLINE_SHARE * 100,
+        )
+        self._serial += 1
+        await self._abort_producer()
+        await self._idle.wait()  # the overdue handlers end (superseded at their next attempt)
+        await self._abort({w: w.pending() for w in self.windows()})
+
+
+async def _still_member(window: CommitWindow) -> bool:
+    """The window's consumer is still in its group's current generation (a heartbeat says so)."""
+    coordinator = getattr(window.consumer, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "_do_heartbeat"):
+        return True  # not a group consumer (the test broker's): nothing to lose
+    if coordinator.generation < 0:
+        return False  # kicked out (unknown member, stale generation): aiokafka reset it
+    return bool(await coordinator._do_heartbeat())

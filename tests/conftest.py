@@ -17,6 +17,7 @@ marks itself `fault`. So `pytest -m "not fault"` is the everyday loop and
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import uuid
@@ -43,6 +44,14 @@ START_HINT = (
 KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "kafka_admin", "new_topic"})
 REDIS_FIXTURES = frozenset({"redis_url", "redis_client", "private_redis"})
 TESTS = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish() -> None:
+    """Finalise leftover objects now (e.g. a fenced aiokafka producer's unretrieved futures, which
+    log when collected): collected later, inside a compile (hypothesis' plugin imports lazily at
+    the terminal summary), CPython 3.11 fails with "AST constructor recursion depth mismatch"."""
+    gc.collect()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -23,10 +23,10 @@ from alpha_streaming._services.activity import ActivityProbe
 from alpha_streaming._services.handlers import HandlerKind, HandlerSpec, inspect_handler, legacy_adapter
 from alpha_streaming._services.service import PRODUCER_CONTEXT_KEY, ServiceProducer, StreamService
 from alpha_streaming._settings import RedpandaSettings, Settings
+from middlewares._exactly_once import ProcessingGuarantee, checked_guarantee
 from middlewares._pipeline import checked_concurrency
 from middlewares._retry import RetryPolicy
 from middlewares._tier import EXACTLY_ONCE_WITH_DEDUP, EnhancedTier
-from middlewares._transactions import ProcessingGuarantee, checked_guarantee
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider

@@ -186,6 +186,8 @@ class ServiceProcess:
 
     scenario: Scenario
     index: int
+    env: dict[str, str] = field(default_factory=dict)
+    """On top of the scenario's environment (e.g. this process's own instance id)."""
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -193,7 +195,7 @@ class ServiceProcess:
         self.popen = subprocess.Popen(
             [str(FAULTSTREAM), "run", self.scenario.app, "--log-level", "warning"],
             cwd=REPO,
-            env=self.scenario.service_env(),
+            env={**self.scenario.service_env(), **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -221,6 +223,15 @@ class ServiceProcess:
             self.popen.wait(timeout=30)
             code = None
         return code, time.monotonic() - started
+
+    def freeze(self) -> None:
+        """SIGSTOP: the process stops mid-whatever, as a paused VM or a long GC pause would."""
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGCONT)
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
@@ -290,8 +301,8 @@ class Scenario:
         finally:
             await admin.close()
 
-    def spawn(self) -> ServiceProcess:
-        process = ServiceProcess(self, len(self.processes))
+    def spawn(self, **env: str) -> ServiceProcess:
+        process = ServiceProcess(self, len(self.processes), env)
         process.start()
         self.processes.append(process)
         return process
@@ -340,6 +351,20 @@ class Scenario:
             return [record async for record in read_bounded(consumer)]
         finally:
             await consumer.stop()
+
+    async def open_transactions(self, topic: str) -> int:
+        """Partitions of `topic` whose last stable offset is behind the high watermark: a
+        transaction that wrote there is neither committed nor aborted yet."""
+        ends = []
+        for isolation_level in ("read_uncommitted", "read_committed"):
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.stack.kafka, isolation_level=isolation_level)
+            await consumer.start()
+            try:
+                ends.append(await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)]))
+            finally:
+                await consumer.stop()
+        high, stable = ends
+        return sum(1 for tp, end in high.items() if stable[tp] < end)
 
     async def committed(self) -> dict[int, int]:
         """The group's committed offset per partition of the topic (partitions never committed: 0)."""

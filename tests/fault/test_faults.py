@@ -20,12 +20,9 @@ from collections.abc import Callable
 
 import pytest
 
-from alpha_streaming import EventEnvelope
-from alpha_streaming._dlq import DeadLetter
 from tests.fault._harness import (
     Scenario,
     assert_exactly_once,
-    kill_at,
     make_events,
     outage,
     publish,
@@ -252,51 +249,3 @@ async def test_handler_slower_than_max_poll_interval_runs_once(scenario: MakeSce
     assert_exactly_once(verdict)
     # The forced rebalance happened: records were delivered a second time and dedup skipped them.
     assert verdict.deduplicated >= 1, verdict.line()
-
-
-EOS_KILLS = 5
-
-
-async def test_exactly_once_consume_produce_under_sigkill_commits_one_output_per_input(
-    scenario: MakeScenario,
-) -> None:
-    """Stage 1 of the pipeline scenario with `exactly_once` (no dedup), SIGKILLed five times: a
-    read_committed reader sees exactly one output record per input and one DLQ record per poison
-    record, the group's lag is 0. Handler runs may repeat (a killed batch is redone): the ledger
-    is not the proof here, the committed output topic is."""
-    out = scenario("eos_out")
-    s = scenario(
-        "eos_in",
-        app="tests.fault.pipeline_stage1:app",
-        FAULT_OUTPUT_TOPIC=out.topic,
-        FAULT_GUARANTEE="exactly_once",
-        ALPHA_INSTANCE_ID="fault-eos-1",  # the same across restarts: a restart fences its zombie
-        ALPHA_REDPANDA_LINGER_MS="0",
-    )
-    await asyncio.gather(s.create_topics(), out.create_topics())
-    events = make_events(N + N // (POISON_EVERY - 1), poison_every=POISON_EVERY)
-    good = [e for e in events if not e.poison]
-    await publish(s.stack.kafka, s.topic, events)
-    seed = random.randrange(1 << 30)
-    points = sorted(random.Random(seed).sample(range(100, len(good) * 4 // 5), EOS_KILLS))
-    _, recover = await kill_at(s, s.spawn(), points)
-    await run_to_completion(s, events, within=COMPLETION_TIMEOUT_S)
-    s.stop_all()
-    outputs = await out.read_topic(out.topic, isolation_level="read_committed")
-    per_input = collections.Counter(EventEnvelope.from_bytes(r.value or b"").causation_id for r in outputs)
-    letters = await s.read_topic(s.dlq_topic, isolation_level="read_committed")
-    letter_of = [DeadLetter.from_headers(r.headers) for r in letters]
-    origins = collections.Counter((d.original_partition, d.original_offset) for d in letter_of)
-    runs = collections.Counter(effect.event_id for effect in s.effects())
-    lag = await s.lag()
-    line = (
-        f"[exactly_once] seed={seed} events={len(events)} good={len(good)} outputs={len(outputs)} "
-        f"distinct_parents={len(per_input)} dlq={len(letters)} handler_reruns="
-        f"{sum(n - 1 for n in runs.values() if n > 1)} recover_s={recover} lag={lag}"
-    )
-    print(line)
-    assert {e.event_id for e in good} == set(per_input), line
-    assert all(n == 1 for n in per_input.values()), f"an input with several committed outputs: {line}"
-    assert len(outputs) == len(good), line
-    assert len(letters) == len(events) - len(good) == len(origins), line
-    assert lag == 0, line
