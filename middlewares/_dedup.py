@@ -14,6 +14,7 @@ requests of one event-loop turn together. Redis outage policy: `_dedup_runtime`.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from alpha_streaming._errors import ConfigError
@@ -58,6 +59,10 @@ class DeduplicationMiddleware:
         self.leases = LeaseRenewer(
             lambda keys, owners: renew(keys, [lease_ms, *owners]), every_s=settings.lease_ttl_s / 3
         )
+        self.after_commit: (
+            Callable[[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]], None] | None
+        ) = None
+        """Exactly-once (set by the tier): done markers wait for the transaction's commit."""
         self.beyond_window = 0
         """Events claimed as new although older than the window: repeats it can no longer recognise."""
         self.beyond_window_logged_at = 0.0

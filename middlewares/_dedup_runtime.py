@@ -162,24 +162,40 @@ class DedupRuntime(BaseMiddleware[Any, Any]):
         config = self._config
         leases = config.leases
         leases.hold(self._owner, [lease_key(self._prefix, i) for i in ids], self._prefix)
-        hold_slot_until_done(msg.raw_message)
+        if config.after_commit is None:
+            hold_slot_until_done(msg.raw_message)
         try:
             result = await call_next(msg)
         except AckMessage:
             # The handler finished (its own `AckMessage`, or `OutputsMiddleware` after the
             # returned event was acknowledged): done, like a return.
-            leases.drop(self._owner)
-            await self._mark_done(ids, state)
-            done_written(msg.raw_message)
+            await self._done(ids, state, msg)
             raise
         except BaseException:
             leases.drop(self._owner)
             await self._release_quietly(ids)
             raise
-        leases.drop(self._owner)
+        await self._done(ids, state, msg)
+        return result
+
+    async def _done(self, ids: list[str], state: MessageState, msg: StreamMessage[Any]) -> None:
+        config, owner = self._config, self._owner
+        if config.after_commit is not None:
+            # Exactly-once: the outputs are visible only once the transaction commits. The lease
+            # is kept (renewed) until then; an aborted batch releases it, so the redo runs again.
+            async def committed() -> None:
+                config.leases.drop(owner)
+                await self._mark_done(ids, state)
+
+            async def aborted() -> None:
+                config.leases.drop(owner)
+                await self._release_quietly(ids)
+
+            config.after_commit(committed, aborted)
+            return
+        config.leases.drop(owner)
         await self._mark_done(ids, state)
         done_written(msg.raw_message)
-        return result
 
     async def _mark_done(self, ids: list[str], state: MessageState) -> None:
         config, prefix = self._config, self._prefix

@@ -57,13 +57,6 @@ __all__ = ("AUTO_COMMIT_EVERY", "EnhancedTier", "enhanced_stack", "wrong_ack_pol
 
 AUTO_COMMIT_EVERY = COMMIT_EVERY
 """What `commit_every="auto"` means, with or without dedup (commits go out in the background)."""
-EXACTLY_ONCE_WITH_DEDUP = (
-    "processing_guarantee='exactly_once' cannot be combined with Redis dedup in this version: a "
-    "done marker written before its transaction commits would make the redo of an aborted batch "
-    "skip the handler and lose its outputs. Kafka transactions already make Kafka outputs "
-    "exactly-once: turn dedup off (settings.dedup.enabled=False / ALPHA_DEDUP__ENABLED=false, or "
-    "pass no Redis client)"
-)
 # How long shutdown waits for the records in flight before the broker stops.
 DRAIN_TIMEOUT_S = 30.0
 
@@ -136,11 +129,12 @@ class EnhancedTier:
         self.concurrency = checked_concurrency(concurrency)
         self.dedup: DeduplicationMiddleware | None = None
         if redis is not None and deduplicating:
-            if self.transactions is not None:
-                raise ConfigError(EXACTLY_ONCE_WITH_DEDUP)
             namespace = dedup_namespace or service.replace(":", "-")
             self.dedup = DeduplicationMiddleware(redis, namespace=namespace, settings=dedup)
-            self.routing.dead_letter = DeadLetterOnce(self.routing.dead_letter, self.dedup)
+            if self.transactions is not None:  # done markers once the outputs are committed
+                self.dedup.after_commit = self.transactions.after_commit
+            else:  # (a transaction makes the DLQ write and its commit atomic already)
+                self.routing.dead_letter = DeadLetterOnce(self.routing.dead_letter, self.dedup)
         self.middlewares: tuple[Any, ...] = tuple(
             m
             for m in (

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from aiokafka import errors as ak
@@ -105,6 +105,14 @@ class Transactions:
         self._serial = 0
         self._deadline_at = 0.0
         self._expiries: set[asyncio.Task[None]] = set()
+        self._after: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = []
+
+    def after_commit(
+        self, committed: Callable[[], Awaitable[None]], aborted: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run `committed` once the open transaction commits, `aborted` if it aborts instead (dedup
+        writes a done marker only for work whose outputs are committed)."""
+        self._after.append((committed, aborted))
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -213,6 +221,7 @@ class Transactions:
             await self._abort(pending)
             raise
         self.commits += 1
+        await self._settle_after(committed=True)
         for key in self.given_up:
             self._poison.pop(key, None)
         self.given_up.clear()
@@ -226,6 +235,7 @@ class Transactions:
         self.doomed = False
         self.given_up.clear()
         await self._abort_producer()
+        await self._settle_after(committed=False)
         for w in pending:
             for tp, offset in w.rolled_back().items():
                 self.supersede((tp.topic, tp.partition), offset - 1)
@@ -244,6 +254,17 @@ class Transactions:
             raise
         except Exception as exc:  # the broker aborts it at the transaction timeout anyway
             log.warning("exactly-once: abort failed (%s: %s)", type(exc).__name__, exc)
+
+    async def _settle_after(self, *, committed: bool) -> None:
+        after, self._after = self._after, []
+        results = await asyncio.gather(
+            *((done if committed else undo)() for done, undo in after), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, Exception):
+                log.warning(
+                    "exactly-once: an after-%s step failed (%s)", "commit" if committed else "abort", result
+                )
 
     def _fence(self, why: str) -> None:
         if not self.fenced:

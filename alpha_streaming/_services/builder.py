@@ -26,7 +26,7 @@ from alpha_streaming._settings import RedpandaSettings, Settings
 from middlewares._exactly_once import ProcessingGuarantee, checked_guarantee
 from middlewares._pipeline import checked_concurrency
 from middlewares._retry import RetryPolicy
-from middlewares._tier import EXACTLY_ONCE_WITH_DEDUP, EnhancedTier
+from middlewares._tier import EnhancedTier
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -199,8 +199,6 @@ class StreamServiceBuilder:
         if self._graceful_timeout <= 0:
             problems.append(f"graceful_timeout must be > 0 seconds, got {self._graceful_timeout}")
         exactly_once = self._guarantee == "exactly_once"
-        if exactly_once and self._settings.dedup.enabled and self._redis is not None:
-            problems.append(EXACTLY_ONCE_WITH_DEDUP)
         if self._settings.dedup.enabled and self._redis is None and not exactly_once:
             problems.append(
                 "deduplication is enabled (settings.dedup.enabled) but no Redis client was given: "

@@ -43,19 +43,24 @@ def test_at_least_once_stays_the_default_without_a_transactional_producer() -> N
     assert broker._connection_kwargs.get("transactional_id") is None
 
 
-def test_exactly_once_refuses_redis_dedup_which_could_skip_the_redo_of_an_aborted_batch() -> None:
+def test_exactly_once_with_redis_dedup_defers_done_markers_to_the_transactions_commit() -> None:
+    """Both on: dedup's done markers wait for the commit (an aborted batch's redo runs again), and
+    the DLQ write is not guarded by a marker (the transaction makes it atomic with its commit)."""
     from redis.asyncio import Redis
 
-    with pytest.raises(ConfigError, match="cannot be combined with Redis dedup"):
-        EnhancedTier("svc", metrics=False, redis=Redis(), processing_guarantee="exactly_once")
+    from middlewares._dead_letter_once import DeadLetterOnce
+
+    tier = EnhancedTier("svc", metrics=False, redis=Redis(), processing_guarantee="exactly_once")
+    assert tier.dedup is not None and tier.transactions is not None
+    assert tier.dedup.after_commit == tier.transactions.after_commit
+    assert not isinstance(tier.routing.dead_letter, DeadLetterOnce)
     builder = (
         StreamServiceBuilder("svc", CONFIG)
         .with_processing_guarantee("exactly_once")
         .with_redis(Redis())
         .add_consumer_handler(topics=["a.b.c"], group_id="g", handler_func=relay)
     )
-    with pytest.raises(ConfigError, match="cannot be combined with Redis dedup"):
-        builder.build()
+    builder.build()  # the builder accepts the pair too (it wires the same tier)
 
 
 def test_exactly_once_needs_no_redis_client_with_the_default_settings() -> None:

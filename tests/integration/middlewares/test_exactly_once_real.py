@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka import errors as ak
 from aiokafka.admin import AIOKafkaAdminClient
@@ -198,6 +199,59 @@ async def test_a_handler_outliving_the_transaction_deadline_is_redone_without_do
     assert runs[slow] == 2, "the slow record was redone once"
     assert numbers(await read_all(kafka_bootstrap, out)) == Counter(range(n)), "nothing lost, nothing doubled"
     assert numbers(await read_all(kafka_bootstrap, out, isolation="read_uncommitted"))[-1] == 1
+
+
+async def test_with_dedup_an_aborted_batch_is_redone_and_a_later_duplicate_is_skipped(
+    kafka_bootstrap: str,
+    kafka_admin: AIOKafkaAdminClient,
+    redis_client: aioredis.Redis,
+    new_topic: NewTopic,
+    unique: Callable[[str], str],
+) -> None:
+    """Exactly-once and Redis dedup together: a done marker is written only once the transaction
+    committed, so the records that succeeded in an aborted batch are redone (a marker written at
+    handler end would skip them and lose their outputs); a duplicate of a committed event (same
+    id, later offset) is recognised and not run."""
+    source, out = await new_topic(prefix="eos.in"), await new_topic(prefix="eos.out")
+    group, n, failing = unique("g"), 60, 20
+    tier = EnhancedTier(
+        "eos-dedup",
+        redis=redis_client,
+        dedup_namespace=unique("ns"),
+        metrics=False,
+        policy=RetryPolicy(default=FAST, rules={}, redelivery_delay_s=0.1),
+        consumer=ConsumerSettings(commit_every=n, commit_interval_s=5),  # one batch holds them all
+        processing_guarantee="exactly_once",
+        instance_id=unique("i"),
+    )
+    broker = tier.broker(RedpandaSettings(bootstrap_servers=kafka_bootstrap), logger=None)
+    runs: Counter[int] = Counter()
+
+    @broker.subscriber(source, group_id=group, auto_offset_reset="earliest")
+    @broker.publisher(out)
+    async def handle(body: dict[str, Any]) -> dict[str, Any]:
+        runs[body["n"]] += 1
+        if body["n"] == failing and runs[failing] == 1:
+            raise ValueError("fails once: its batch is aborted")
+        return {"n": body["n"]}
+
+    events = [event(i) for i in range(n)]
+    await send(kafka_bootstrap, source, *((e, 0) for e in events))
+    app = await serve(tier, broker)
+    try:
+        assert await lag_drains(kafka_admin, kafka_bootstrap, group, source) == 0
+        first_runs = sum(runs.values())
+        await send(kafka_bootstrap, source, (events[7], 0))  # a duplicate of a committed event
+        assert await lag_drains(kafka_admin, kafka_bootstrap, group, source) == 0
+        assert tier.dedup is not None
+        markers = {await tier.dedup.marker(group, e.id) for e in events}
+    finally:
+        await app.stop()
+    assert tier.transactions is not None and tier.transactions.aborts >= 1
+    assert first_runs > n + 1, "the records that succeeded in the aborted batch ran again"
+    assert sum(runs.values()) == first_runs, "the duplicate did not run"
+    assert markers == {"done"}
+    assert numbers(await read_all(kafka_bootstrap, out)) == Counter(range(n)), "one output each"
 
 
 async def test_a_restarted_instance_fences_its_zombie_whose_writes_never_appear(
