@@ -73,9 +73,11 @@ def cluster_scenario(cluster_stack: ClusterStack, tmp_path: Path) -> Iterator[Ca
     cluster_stack.up()  # every node the scenario stopped or killed runs again
 
 
-def report(verdict: Verdict) -> None:
-    FIGURES.append(verdict.line())
-    print(verdict.line())
+def report(result: Verdict | str) -> None:
+    """A scenario's figures line, printed and repeated in pytest's summary."""
+    line = result if isinstance(result, str) else result.line()
+    FIGURES.append(line)
+    print(line)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

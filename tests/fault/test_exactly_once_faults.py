@@ -29,6 +29,7 @@ from tests.fault._harness import (
     wait_for_progress,
     wait_until,
 )
+from tests.fault.conftest import report
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -75,7 +76,7 @@ async def committed_once(
         f"handler_reruns={sum(n - 1 for n in runs.values() if n > 1)} lag={lag} "
         + " ".join(f"{k}={v}" for k, v in figures.items())
     ).rstrip()
-    print(line)
+    report(line)
     assert {e.event_id for e in good} == set(per_input), line
     assert all(n == 1 for n in per_input.values()), f"an input with several committed outputs: {line}"
     assert len(outputs) == len(good), line
