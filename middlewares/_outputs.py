@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from faststream import BaseMiddleware
 from faststream.exceptions import AckMessage
+from faststream.kafka.publisher.usecase import DefaultPublisher
+from faststream.kafka.response import KafkaPublishCommand
 from faststream.message import SourceType
 from faststream.response import ensure_response
 
@@ -39,20 +41,37 @@ __all__ = ("OutputsMiddleware",)
 log = logging.getLogger(__name__)
 
 
-class OutputsMiddleware:
-    """Factory of the per-message runtime; stateless, one instance serves every subscriber."""
+class Unconfirmed(Protocol):
+    """Exactly-once (`_transactions.Transactions`): where unacknowledged sends are awaited."""
 
-    __slots__ = ()
+    def track(self, send: asyncio.Future[Any], record: Any) -> None: ...
+
+
+class OutputsMiddleware:
+    """Factory of the per-message runtime; one instance serves every subscriber."""
+
+    __slots__ = ("unconfirmed",)
+
+    def __init__(self, *, unconfirmed: Unconfirmed | None = None) -> None:
+        """`unconfirmed` (exactly-once): the result is sent without awaiting its acknowledgement
+        and the send's future handed over with the source record; the transaction's commit
+        awaits them all (one linger per batch, not per message) and aborts the batch if one
+        failed."""
+        self.unconfirmed = unconfirmed
 
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> BaseMiddleware[Any, Any]:
-        return _PublishOutputs(msg, context=context)
+        return _PublishOutputs(msg, context=context, config=self)
 
     def __repr__(self) -> str:
         return "OutputsMiddleware()"
 
 
 class _PublishOutputs(BaseMiddleware[Any, Any]):
-    __slots__ = ()
+    __slots__ = ("_unconfirmed",)
+
+    def __init__(self, msg: Any, /, *, context: ContextRepo, config: OutputsMiddleware) -> None:
+        super().__init__(msg, context=context)
+        self._unconfirmed = config.unconfirmed
 
     async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
         if msg.source_type is SourceType.RESPONSE:
@@ -68,8 +87,13 @@ class _PublishOutputs(BaseMiddleware[Any, Any]):
         response = ensure_response(result)
         if not response.correlation_id:
             response.correlation_id = msg.correlation_id
-        await _publish_all(response, targets)
-        # Published and acknowledged: FastStream must not publish the result again.
+        unconfirmed = self._unconfirmed
+        if unconfirmed is not None and all(isinstance(t, DefaultPublisher) for t in targets):
+            for publisher in targets:
+                unconfirmed.track(await _send_unconfirmed(response, publisher), msg.raw_message)
+        else:
+            await _publish_all(response, targets)
+        # Published (and acknowledged, or in the transaction): FastStream must not publish it again.
         raise AckMessage()
 
 
@@ -93,6 +117,22 @@ async def _publish_one(response: Response, publisher: Any) -> None:
         raise OutputPublishError(
             f"the handler's result was not acknowledged on {topic} ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+async def _send_unconfirmed(response: Response, publisher: DefaultPublisher) -> asyncio.Future[Any]:
+    """What the publisher's `_publish` does, with `no_confirm`: the send is queued in handler order
+    and its future returned (FastStream's `_publish` drops it)."""
+    cmd = KafkaPublishCommand.from_cmd(response.as_publish_command())
+    cmd.destination = publisher.topic
+    cmd.add_headers(publisher.headers, override=False)
+    cmd.reply_to = cmd.reply_to or publisher.reply_to
+    cmd.partition = cmd.partition if cmd.partition is not None else publisher.partition
+    cmd.key = cmd.key or publisher.key
+    cmd.no_confirm = True
+    future: asyncio.Future[Any] = await publisher._basic_publish(
+        cmd, producer=publisher._outer_config.producer, _extra_middlewares=()
+    )
+    return future
 
 
 def _handler_publishers(call_next: Any, subscriber: Any) -> list[Any] | None:

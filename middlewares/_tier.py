@@ -143,7 +143,7 @@ class EnhancedTier:
                 EnvelopeMiddleware(source=service),
                 self.dedup,
                 self.pipeline.gate,
-                OutputsMiddleware(),
+                OutputsMiddleware(unconfirmed=self.transactions),
             )
             if m is not None
         )

@@ -15,7 +15,7 @@ records admitted but not started are superseded, each consumer seeks back, and t
 processed again into the next transaction. A transaction still open at `DEADLINE_SHARE` of the
 producer's `transaction_timeout_ms` (a slow handler) is aborted by us before Kafka's timeout
 would fence the producer; its running handlers' records are redone, and a record that outlives
-the deadline `MAX_OVERRUNS` times is dead-lettered. A fenced producer (`ProducerFenced`: a newer
+the deadline `MAX_STRIKES` times is dead-lettered. A fenced producer (`ProducerFenced`: a newer
 instance with the same transactional id started) is fatal: the barrier stays closed and
 `on_fenced` (the app's exit) is called, so the partitions go to the live instance.
 
@@ -30,7 +30,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import errors as ak
 from faststream.exceptions import RejectMessage
@@ -44,14 +44,15 @@ if TYPE_CHECKING:
     from middlewares._gate import Ticket
     from middlewares._low_water import CommitWindow
 
-__all__ = ("DEADLINE_SHARE", "MAX_OVERRUNS", "GivenUp", "TransactionAborted", "Transactions")
+__all__ = ("DEADLINE_SHARE", "MAX_STRIKES", "GivenUp", "TransactionAborted", "Transactions")
 
 log = logging.getLogger(__name__)
 
 DEADLINE_SHARE = 0.5
 """Of `transaction_timeout_ms`: when an open transaction with handlers still running is aborted."""
-MAX_OVERRUNS = 2
-"""A record whose handler outlives the deadline this many times is dead-lettered."""
+MAX_STRIKES = 2
+"""A record whose handler outlives the deadline this many times is dead-lettered on the redo, so
+it cannot stall its partition forever."""
 
 
 class DeadlineExceeded(Exception):
@@ -91,7 +92,7 @@ class Transactions:
         self.given_up: dict[tuple[str, int, int], BaseException] = {}
         """Records dead-lettered in the open transaction (kept over an abort: dead-lettered at once)."""
         self._poison: dict[tuple[str, int, int], BaseException] = {}
-        self._overruns: collections.Counter[tuple[str, int, int]] = collections.Counter()
+        self._strikes: collections.Counter[tuple[str, int, int]] = collections.Counter()
         self._overdue: set[object] = set()
         """Tickets running when their transaction was aborted at the deadline: they end superseded."""
         self.commits = self.aborts = 0
@@ -105,7 +106,14 @@ class Transactions:
         self._serial = 0
         self._deadline_at = 0.0
         self._expiries: set[asyncio.Task[None]] = set()
+        self._sends: list[tuple[asyncio.Future[Any], tuple[str, int, int]]] = []
         self._after: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = []
+
+    def track(self, send: asyncio.Future[Any], record: Any) -> None:
+        """A send into the open transaction for `record` whose acknowledgement nobody awaited: the
+        commit does."""
+        send.add_done_callback(_observed)
+        self._sends.append((send, (record.topic, record.partition, record.offset)))
 
     def after_commit(
         self, committed: Callable[[], Awaitable[None]], aborted: Callable[[], Awaitable[None]]
@@ -205,6 +213,19 @@ class Transactions:
             )
             await self._abort(pending)
             raise TransactionAborted("the consumer lost its group membership")
+        sends, self._sends = self._sends, []
+        outcomes = await asyncio.gather(*(send for send, _ in sends), return_exceptions=True)
+        failed = {key: o for (_, key), o in zip(sends, outcomes, strict=True) if isinstance(o, Exception)}
+        if failed:
+            where, error = next(iter(failed.items()))
+            log.warning(
+                "exactly-once: %d output(s) not acknowledged (%r for %s...); aborting",
+                len(failed),
+                error,
+                where,
+            )
+            await self._abort(pending)
+            raise TransactionAborted("an output of the batch was not acknowledged")
         try:
             if not txn.is_in_transaction():
                 await producer.begin_transaction()
@@ -225,7 +246,7 @@ class Transactions:
         for key in self.given_up:
             self._poison.pop(key, None)
         self.given_up.clear()
-        self._overruns.clear()
+        self._strikes.clear()
         for w, marks in pending.items():
             w.committed_to(marks)
 
@@ -234,6 +255,7 @@ class Transactions:
         self._poison.update(self.given_up)
         self.doomed = False
         self.given_up.clear()
+        self._sends.clear()
         await self._abort_producer()
         await self._settle_after(committed=False)
         for w in pending:
@@ -254,6 +276,13 @@ class Transactions:
             raise
         except Exception as exc:  # the broker aborts it at the transaction timeout anyway
             log.warning("exactly-once: abort failed (%s: %s)", type(exc).__name__, exc)
+
+    def _strike(self, key: tuple[str, int, int], error: BaseException) -> None:
+        """The record's handler outlived the deadline: the `MAX_STRIKES`-th time it is
+        dead-lettered at once on the redo."""
+        self._strikes[key] += 1
+        if self._strikes[key] >= MAX_STRIKES:
+            self._poison[key] = error
 
     async def _settle_after(self, *, committed: bool) -> None:
         after, self._after = self._after, []
@@ -315,12 +344,9 @@ class Transactions:
         self._overdue |= self._active
         for ticket in self._active:
             key = (ticket.tp[0], ticket.tp[1], ticket.offset)  # type: ignore[attr-defined]
-            self._overruns[key] += 1
-            if self._overruns[key] >= MAX_OVERRUNS:
-                self._poison[key] = DeadlineExceeded(
-                    f"the handler outlived {DEADLINE_SHARE:.0%} of transaction_timeout_ms "
-                    f"{self._overruns[key]} times"
-                )
+            self._strike(
+                key, DeadlineExceeded(f"the handler outlived {DEADLINE_SHARE:.0%} of the transaction timeout")
+            )
         log.warning(
             "exactly-once: %d handler(s) still running at the transaction's deadline (%.0f%% of "
             "transaction_timeout_ms); aborting the batch, it is redone",
@@ -331,6 +357,12 @@ class Transactions:
         await self._abort_producer()
         await self._idle.wait()  # the overdue handlers end (superseded at their next attempt)
         await self._abort({w: w.pending() for w in self.windows()})
+
+
+def _observed(send: asyncio.Future[Any]) -> None:
+    """Retrieve a send's outcome (an aborted batch's are never awaited; unretrieved, they log)."""
+    if not send.cancelled():
+        send.exception()
 
 
 async def _still_member(window: CommitWindow) -> bool:
