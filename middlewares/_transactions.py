@@ -1,27 +1,13 @@
 """Exactly-once Kafka → Kafka: one Kafka transaction per commit window's batch, not per message.
 
-Every handler output and dead-letter record of the tier goes into the transaction open while the
-handler runs. The commit windows (`_low_water`) decide *when* to commit, as in at-least-once;
-`Transactions` decides *how*: at a commit point the barrier stops new handler starts, waits until
-every started handler ended, checks that each consumer is still a member of its group (a zombie
-that lost its partitions must not commit offsets the new owner re-processes: aiokafka's
-TxnOffsetCommit carries no group generation, KIP-447), adds the low-water offsets of every window
-(`send_offsets_to_transaction`, per group) and commits. Outputs and offsets become visible to
-`read_committed` readers together, or not at all.
-
-A failed commit, a failed handler attempt (what it published is in the transaction) or a lost
-membership aborts the transaction: the windows forget what finished since the committed offsets,
-records admitted but not started are superseded, each consumer seeks back, and the batch is
-processed again into the next transaction. A transaction still open at `DEADLINE_SHARE` of the
-producer's `transaction_timeout_ms` (a slow handler) is aborted by us before Kafka's timeout
-would fence the producer; its running handlers' records are redone, and a record that outlives
-the deadline `MAX_STRIKES` times is dead-lettered. A fenced producer (`ProducerFenced`: a newer
-instance with the same transactional id started) is fatal: the barrier stays closed and
-`on_fenced` (the app's exit) is called, so the partitions go to the live instance.
-
-Records must pass the pipeline's gate (single-message subscribers), where the barrier sits; a
-record never awaits a commit itself in this mode (`Commits(inline=False)`), so the barrier cannot
-wait on a record that waits on the commit.
+The windows (`_low_water`) decide when to commit; `Transactions` commits: the barrier stops new
+handler starts, the started ones end, each consumer's group membership is checked (aiokafka's
+TxnOffsetCommit carries no generation: a zombie must not commit partitions that moved), the
+batch's unacknowledged sends are awaited, the offsets go into the transaction and it commits.
+Anything else aborts it and the batch is redone: a failed handler attempt or commit, a lost
+membership, an unacknowledged output, a handler still running at `DEADLINE_SHARE` of the
+transaction timeout (aborted by us before Kafka would fence the producer). A fenced producer
+stops the app (`on_fenced`). README, "Exactly-once (Kafka → Kafka)", has the semantics.
 """
 
 from __future__ import annotations
@@ -133,6 +119,8 @@ class Transactions:
     async def wait_open(self) -> None:
         """Return with the barrier open and a transaction open; the caller registers synchronously."""
         while True:
+            if self.fenced:  # left unstarted for the live instance: shutdown does not wait on it
+                raise Superseded("the transactional producer is fenced; this instance stops")
             if not self._open.is_set():
                 await self._open.wait()
                 continue
@@ -299,6 +287,7 @@ class Transactions:
         if not self.fenced:
             self.fenced = True
             log.error("exactly-once: %s; this instance stops (its partitions go to the live one)", why)
+            self._open.set()  # wake the records waiting at the barrier: they end unstarted
             self.on_fenced()
 
     # --- the deadline (a handler slower than the transaction timeout) ---

@@ -29,7 +29,7 @@ from alpha_streaming._settings import ConsumerSettings, RedpandaSettings
 from alpha_streaming._topics import dlq_topic
 from middlewares._retry import Budget, RetryPolicy
 from middlewares._tier import EnhancedTier
-from tests.support import event, lag_drains, send
+from tests.support import event, eventually, lag_drains, send
 
 NewTopic = Callable[..., Awaitable[str]]
 FAST = Budget(max_attempts=2, base_delay_s=0.01, max_delay_s=0.02)
@@ -281,8 +281,16 @@ async def test_a_restarted_instance_fences_its_zombie_whose_writes_never_appear(
     new_app = None
     try:
         await frozen.wait()
-        in_txn = numbers(await read_all(kafka_bootstrap, out, isolation="read_uncommitted"))
-        assert in_txn == Counter(range(10)), "the zombie's open transaction holds ten outputs"
+
+        async def ten_outputs_in_the_open_transaction() -> bool:
+            # Sent without awaiting their acknowledgements: on the broker soon after, uncommitted.
+            return numbers(await read_all(kafka_bootstrap, out, isolation="read_uncommitted")) == Counter(
+                range(10)
+            )
+
+        await eventually(
+            ten_outputs_in_the_open_transaction, "the zombie's open transaction holds ten outputs"
+        )
         # The replacement: same service and instance id, hence the same transactional id.
         new = eos_tier("eos-fence", instance)
         new_broker = new.broker(config, logger=None)
