@@ -56,6 +56,10 @@ class GivenUp(RejectMessage):
         return self.message
 
 
+class _LostMembership(Exception):
+    """A consumer of the batch is no longer in its group's current generation."""
+
+
 class TransactionAborted(Exception):
     """The batch's transaction was aborted on purpose; its records are read again."""
 
@@ -192,15 +196,6 @@ class Transactions:
             log.warning("exactly-once: a handler failed in this batch; aborting it, the batch is redone")
             await self._abort(pending)
             raise TransactionAborted("a handler attempt failed in the batch")
-        lost = [w.group_id for w, marks in pending.items() if marks and not await _still_member(w)]
-        if lost:
-            log.warning(
-                "exactly-once: no longer a member of group(s) %s (the partitions went to another "
-                "consumer); aborting the batch instead of committing it",
-                ", ".join(sorted(set(lost))),
-            )
-            await self._abort(pending)
-            raise TransactionAborted("the consumer lost its group membership")
         sends, self._sends = self._sends, []
         outcomes = await asyncio.gather(*(send for send, _ in sends), return_exceptions=True)
         failed = {key: o for (_, key), o in zip(sends, outcomes, strict=True) if isinstance(o, Exception)}
@@ -219,7 +214,19 @@ class Transactions:
                 await producer.begin_transaction()
             for group_id, marks in by_group.items():
                 await producer.send_offsets_to_transaction(marks, group_id)
+            # As late as possible: what is left is the EndTxn round trip (README, "Fencing").
+            lost = [w.group_id for w, marks in pending.items() if marks and not await _still_member(w)]
+            if lost:
+                raise _LostMembership(", ".join(sorted(set(lost))))
             await producer.commit_transaction()
+        except _LostMembership as exc:
+            log.warning(
+                "exactly-once: no longer a member of group(s) %s (the partitions went to another "
+                "consumer); aborting the batch instead of committing it",
+                exc,
+            )
+            await self._abort(pending)
+            raise TransactionAborted("the consumer lost its group membership") from None
         except Exception as exc:
             if isinstance(exc, ak.ProducerFenced) or txn.is_fatal_error():
                 self._fence("producer fenced by a newer instance with the same transactional id")

@@ -58,7 +58,12 @@ tier = EnhancedTier(
     meter_provider=figures.meter_provider,
     processing_guarantee=GUARANTEE,
 )
-broker = tier.broker(settings.redpanda)
+# `FAULT_TXN_TIMEOUT_MS`: the producer's transaction_timeout_ms (exactly-once), e.g. below the
+# session timeout, so a frozen zombie's open transaction is aborted before its partitions move.
+TXN_TIMEOUT_MS = os.environ.get("FAULT_TXN_TIMEOUT_MS")
+broker = tier.broker(
+    settings.redpanda, **({"transaction_timeout_ms": int(TXN_TIMEOUT_MS)} if TXN_TIMEOUT_MS else {})
+)
 app = tier.install(FastStream(broker))
 figures.attach(app)
 poll = settings.consumer

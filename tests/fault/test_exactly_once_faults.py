@@ -144,8 +144,11 @@ async def test_a_frozen_instance_whose_partitions_moved_commits_nothing_when_res
     """Two instances with their own ids (no fencing between them): the first is SIGSTOPped
     mid-transaction, the second takes its partitions when its session expires and redoes them.
     Resumed, the first must not commit its open transaction (its outputs would double the
-    second's): the membership check before every commit aborts it instead."""
-    s, out = eos_pair(scenario, "eos_moved")
+    second's). Two guards, as the README recommends them together: the membership check before
+    every commit (a freeze before it), and a transaction timeout (3 s) below the session timeout
+    (6 s; the broker aborts expired transactions within 1 s), which covers a freeze between that
+    check and the EndTxn: the broker has aborted the transaction before the partitions move."""
+    s, out = eos_pair(scenario, "eos_moved", FAULT_TXN_TIMEOUT_MS="3000")
     await asyncio.gather(s.create_topics(), out.create_topics())
     events = make_events(SMALL_N, poison_every=POISON_EVERY)
     await publish(s.stack.kafka, s.topic, events)
