@@ -9,6 +9,9 @@
 #   scripts/cluster.sh kill NODE            SIGKILL one node (kafka-1..3, redis-1..3), for fault tests
 #   scripts/cluster.sh stop NODE            SIGTERM one node and wait until it exited (a clean stop:
 #                                           a broker's controlled shutdown moves its leaderships first)
+#   scripts/cluster.sh wipe                 stop every node and delete their data: the next `up`
+#                                           starts an empty cluster (the fault suite does this, as
+#                                           topics piling up over runs ran the brokers out of heap)
 #
 # Kafka: 127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094 (controllers on 29192-29194).
 # Redis Cluster: 127.0.0.1:27001, :27002, :27003 (append-only files: a restarted master keeps its keys).
@@ -155,8 +158,15 @@ case "${1:-} ${2:-}" in
       [[ "${2:-}" == redis ]] || stop_pid "$RUN_DIR/kafka-$n/pid" "kafka-$n"
       [[ "${2:-}" == kafka ]] || stop_pid "$RUN_DIR/redis-$n/pid" "redis-$n"
     done ;;
+  "wipe ")
+    for n in "${NODES[@]}"; do
+      stop_pid "$RUN_DIR/kafka-$n/pid" "kafka-$n"
+      stop_pid "$RUN_DIR/redis-$n/pid" "redis-$n"
+      rm -rf "${RUN_DIR:?}/kafka-$n" "${RUN_DIR:?}/redis-$n"
+    done
+    say "wiped" ;;
   "status ") status ;;
   "kill "?*) kill_node "$2" ;;
   "stop "?*) stop_node "$2" ;;
-  *) echo "usage: $0 up [kafka|redis] | down [kafka|redis] | status | kill NODE | stop NODE" >&2; exit 2 ;;
+  *) echo "usage: $0 up [kafka|redis] | down [kafka|redis] | wipe | status | kill NODE | stop NODE" >&2; exit 2 ;;
 esac

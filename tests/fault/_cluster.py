@@ -65,6 +65,10 @@ class ClusterStack:
     def down(self) -> None:
         self._script("down")
 
+    def wipe(self) -> None:
+        """Stop every node and delete its data: the next `up()` starts an empty cluster."""
+        self._script("wipe")
+
     def kill(self, node: str) -> None:
         """SIGKILL `node` (kafka-N, redis-N)."""
         self._script("kill", node)

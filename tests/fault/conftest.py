@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import unavailable
 from tests.fault._cluster import ClusterStack
-from tests.fault._harness import LEDGER_APP, FaultStack, Scenario, Stack, Verdict
+from tests.fault._harness import LEDGER_APP, FaultStack, Scenario, Stack, Verdict, delete_topics
 
 FIGURES: list[str] = []
 
@@ -29,6 +29,7 @@ def fault_stack() -> Iterator[FaultStack]:
         stack.up()
     except (RuntimeError, OSError) as exc:
         unavailable(f"the fault suite's own Kafka/Redis ({stack.kafka}, {stack.redis}) ({exc})")
+    delete_topics(stack.kafka, prefix="fault.")  # what earlier sessions left
     yield stack
     stack.down()
 
@@ -38,11 +39,14 @@ def cluster_stack() -> Iterator[ClusterStack]:
     stack = ClusterStack()
     was_up = stack.answers()
     try:
+        if not was_up:  # ours to start: from empty, whatever earlier runs left
+            stack.wipe()
         stack.up()
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         unavailable(
             f"scripts/cluster.sh's Kafka cluster and Redis Cluster ({stack.kafka}, {stack.redis}) ({exc})"
         )
+    delete_topics(stack.kafka, prefix="fault.")  # a cluster someone else started: sweep ours
     yield stack
     if not was_up:  # a cluster someone else started stays up
         stack.down()
@@ -60,6 +64,10 @@ def _scenarios(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., Scenario]
         for process in each.processes:
             if process.alive():
                 process.kill()
+    try:
+        delete_topics(stack.kafka, names=[t for each in made for t in (each.topic, each.dlq_topic)])
+    except Exception as exc:  # the next session's sweep deletes them
+        print(f"[fault] could not delete the scenario's topics: {exc!r}")
 
 
 @pytest.fixture
