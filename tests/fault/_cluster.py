@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -64,6 +65,33 @@ class ClusterStack:
 
     def down(self) -> None:
         self._script("down")
+
+    def wait_ready(self, within: float = 120.0) -> None:
+        """Until every broker is registered and unfenced: a cluster that was just formatted answers
+        on its ports before it can create a topic with replication factor 3."""
+
+        async def brokers() -> int:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka, request_timeout_ms=10_000)
+            await admin.start()
+            try:
+                return len((await admin.describe_cluster())["brokers"])
+            finally:
+                await admin.close()
+
+        deadline = time.monotonic() + within
+        while True:
+            with ThreadPoolExecutor(1) as pool:  # fixtures may run while a test's loop is set
+                try:
+                    ready = pool.submit(asyncio.run, brokers()).result() == len(self.brokers)
+                except Exception:  # not answering yet
+                    ready = False
+            if ready:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the cluster's {len(self.brokers)} brokers not all up within {within:.0f} s"
+                )
+            time.sleep(1)
 
     def wipe(self) -> None:
         """Stop every node and delete its data: the next `up()` starts an empty cluster."""

@@ -42,6 +42,7 @@ def cluster_stack() -> Iterator[ClusterStack]:
         if not was_up:  # ours to start: from empty, whatever earlier runs left
             stack.wipe()
         stack.up()
+        stack.wait_ready()
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         unavailable(
             f"scripts/cluster.sh's Kafka cluster and Redis Cluster ({stack.kafka}, {stack.redis}) ({exc})"
