@@ -93,10 +93,6 @@ class ClusterStack:
                 )
             time.sleep(1)
 
-    def wipe(self) -> None:
-        """Stop every node and delete its data: the next `up()` starts an empty cluster."""
-        self._script("wipe")
-
     def kill(self, node: str) -> None:
         """SIGKILL `node` (kafka-N, redis-N)."""
         self._script("kill", node)
