@@ -406,6 +406,10 @@ def delete_topics(bootstrap: str, *, names: Iterable[str] = (), prefix: str | No
             ]
             if doomed:
                 await admin.delete_topics(doomed)
+            for _ in range(120):  # gone from the metadata before a scenario creates its own
+                if not set(doomed) & set(await admin.list_topics()):
+                    break
+                await asyncio.sleep(0.5)
         finally:
             await admin.close()
 

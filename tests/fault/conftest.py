@@ -31,6 +31,7 @@ def fault_stack() -> Iterator[FaultStack]:
         unavailable(f"the fault suite's own Kafka/Redis ({stack.kafka}, {stack.redis}) ({exc})")
     delete_topics(stack.kafka, prefix="fault.")  # what earlier sessions left
     yield stack
+    _delete_made_topics(stack)
     stack.down()
 
 
@@ -49,8 +50,20 @@ def cluster_stack() -> Iterator[ClusterStack]:
     # brokers out of heap. Swept, not wiped: runs on a just-formatted cluster failed early.
     delete_topics(stack.kafka, prefix="fault.")
     yield stack
+    _delete_made_topics(stack)
     if not was_up:  # a cluster someone else started stays up
         stack.down()
+
+
+MADE_TOPICS: dict[str, list[str]] = {}
+"""Per stack (bootstrap address), the topics this session's scenarios created."""
+
+
+def _delete_made_topics(stack: Stack) -> None:
+    try:
+        delete_topics(stack.kafka, names=MADE_TOPICS.pop(stack.kafka, []))
+    except Exception as exc:  # the next session's sweep deletes them
+        print(f"[fault] could not delete this session's topics on {stack.kafka}: {exc!r}")
 
 
 def _scenarios(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., Scenario]]:
@@ -65,10 +78,9 @@ def _scenarios(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., Scenario]
         for process in each.processes:
             if process.alive():
                 process.kill()
-    try:
-        delete_topics(stack.kafka, names=[t for each in made for t in (each.topic, each.dlq_topic)])
-    except Exception as exc:  # the next session's sweep deletes them
-        print(f"[fault] could not delete the scenario's topics: {exc!r}")
+    # Deleted when the session ends, not now: deleting big topics while the next scenario
+    # creates its own delayed its metadata past the service's startup topic check.
+    MADE_TOPICS.setdefault(stack.kafka, []).extend(t for each in made for t in (each.topic, each.dlq_topic))
 
 
 @pytest.fixture
