@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 class Unconfirmed(Protocol):
     """Exactly-once (`_transactions.Transactions`): where unacknowledged sends are awaited."""
 
-    def track(self, send: asyncio.Future[Any], record: Any) -> None: ...
+    def track(self, send: asyncio.Future[Any]) -> None: ...
 
 
 class OutputsMiddleware:
@@ -54,7 +54,7 @@ class OutputsMiddleware:
 
     def __init__(self, *, unconfirmed: Unconfirmed | None = None) -> None:
         """`unconfirmed` (exactly-once): the result is sent without awaiting its acknowledgement
-        and the send's future handed over with the source record; the transaction's commit
+        and the send's future handed over; the transaction's commit
         awaits them all (one linger per batch, not per message) and aborts the batch if one
         failed."""
         self.unconfirmed = unconfirmed
@@ -90,7 +90,7 @@ class _PublishOutputs(BaseMiddleware[Any, Any]):
         unconfirmed = self._unconfirmed
         if unconfirmed is not None and all(isinstance(t, DefaultPublisher) for t in targets):
             for publisher in targets:
-                unconfirmed.track(await _send_unconfirmed(response, publisher), msg.raw_message)
+                unconfirmed.track(await _send_unconfirmed(response, publisher))
         else:
             await _publish_all(response, targets)
         # Published (and acknowledged, or in the transaction): FastStream must not publish it again.

@@ -96,14 +96,13 @@ class Transactions:
         self._serial = 0
         self._deadline_at = 0.0
         self._expiries: set[asyncio.Task[None]] = set()
-        self._sends: list[tuple[asyncio.Future[Any], tuple[str, int, int]]] = []
+        self._sends: list[asyncio.Future[Any]] = []
         self._after: list[tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]] = []
 
-    def track(self, send: asyncio.Future[Any], record: Any) -> None:
-        """A send into the open transaction for `record` whose acknowledgement nobody awaited: the
-        commit does."""
+    def track(self, send: asyncio.Future[Any]) -> None:
+        """A send into the open transaction whose acknowledgement nobody awaited: the commit does."""
         send.add_done_callback(_observed)
-        self._sends.append((send, (record.topic, record.partition, record.offset)))
+        self._sends.append(send)
 
     def after_commit(
         self, committed: Callable[[], Awaitable[None]], aborted: Callable[[], Awaitable[None]]
@@ -197,16 +196,9 @@ class Transactions:
             await self._abort(pending)
             raise TransactionAborted("a handler attempt failed in the batch")
         sends, self._sends = self._sends, []
-        outcomes = await asyncio.gather(*(send for send, _ in sends), return_exceptions=True)
-        failed = {key: o for (_, key), o in zip(sends, outcomes, strict=True) if isinstance(o, Exception)}
+        failed = [o for o in await asyncio.gather(*sends, return_exceptions=True) if isinstance(o, Exception)]
         if failed:
-            where, error = next(iter(failed.items()))
-            log.warning(
-                "exactly-once: %d output(s) not acknowledged (%r for %s...); aborting",
-                len(failed),
-                error,
-                where,
-            )
+            log.warning("exactly-once: %d output(s) unacknowledged (%r); aborting", len(failed), failed[0])
             await self._abort(pending)
             raise TransactionAborted("an output of the batch was not acknowledged")
         try:
