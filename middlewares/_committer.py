@@ -113,6 +113,7 @@ class Commits:
         try:
             for tp, offset in first_offsets(records).items():
                 consumer.seek(tp, offset)
+                claim.window.sought(tp, offset)
         except Exception as exc:  # e.g. the consumer stops; the hold still keeps commits below them
             log.warning("seek back failed (%s: %s)", type(exc).__name__, exc)
 

@@ -3,7 +3,8 @@
 `Ticket`s are made by the pipeline (`_pipeline`) when it admits a record and ride on the record;
 the gate middleware (between dedup and outputs) makes the handler wait for the ticket's turn;
 error routing reads it too: the record's commit claim (`take_claim`), its turn before a
-dead-letter write (`wait_turn`), and a seek-back that supersedes later records (`supersede_after`).
+dead-letter write (`wait_turn`), a seek-back that supersedes later records (`supersede_after`),
+and whether the record was read before such a seek-back (`is_stale`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = (
     "Ticket",
     "done_written",
     "hold_slot_until_done",
+    "is_stale",
     "supersede_after",
     "take_claim",
     "wait_turn",
@@ -79,6 +81,7 @@ class Ticket:
         "prev",
         "released",
         "slot_held",
+        "stale",
         "superseded",
         "task",
         "tp",
@@ -95,6 +98,9 @@ class Ticket:
         self.task: asyncio.Task[None] | None = None
         self.wake: asyncio.Future[None] | None = None
         self.entered = self.released = self.slot_held = self.superseded = self.awaits_done = False
+        self.stale = False
+        """An earlier record of the partition was sought back to after this one was read: the
+        record is read again, so this copy's outcome neither moves commits nor seeks."""
 
     async def enter(self) -> None:
         """Wait for the previous record of the key to end, then for a handler slot."""
@@ -177,6 +183,14 @@ def done_written(record: Any) -> None:
     ticket = _ticket_of(record)
     if ticket is not None:
         ticket.release_slot()
+
+
+def is_stale(records: Collection[Any]) -> bool:
+    """The record was read before a seek back to an earlier record of its partition."""
+    if len(records) != 1:
+        return False
+    ticket = _ticket_of(next(iter(records)))
+    return ticket is not None and ticket.stale
 
 
 def supersede_after(records: Collection[Any]) -> None:

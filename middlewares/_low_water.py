@@ -6,7 +6,9 @@ window keeps the offsets in flight and the highest finished offset + 1; the comm
 (the low-water mark) is the lowest offset still in flight, else the highest finished + 1, never
 past a *hold*: the offset of a record that ended unfinished (redelivery, cancelled handler) and
 was sought back to, until a record at or after it is taken again (after a seek, a consumer hands
-out a partition's records from that offset on, in order). So a commit never passes an unfinished
+out a partition's records from that offset on, in order). A seek back also takes back what
+finished past the offset (it is read again), and the outcome of a record read before the seek is
+abandoned, not counted: its copy read again decides. So a commit never passes an unfinished
 offset, whatever order outcomes finish in.
 
 Commits go out in the background: after `every` finished outcomes or `interval_s` after the first
@@ -133,6 +135,22 @@ class CommitWindow:
         """The claim's records ended without an outcome: hold commits at each until it is read again."""
         for part, offset in claim.entries:
             _leave(part, offset)
+            if part.hold is None or offset < part.hold:
+                part.hold = offset
+
+    def abandon(self, claim: Claim) -> None:
+        """The claim's records were read before a seek back below them: their copies read again
+        decide the commit, so this outcome neither counts as finished nor holds anything."""
+        for part, offset in claim.entries:
+            _leave(part, offset)
+
+    def sought(self, tp: TopicPartition, offset: int) -> None:
+        """The consumer was sought back to `offset`: what finished past it (e.g. a duplicate that
+        overtook it) no longer counts until it is read again, so a commit cannot skip the records
+        in between."""
+        part = self._partitions.get(tp.topic, {}).get(tp.partition)
+        if part is not None:
+            part.finished = min(part.finished, offset)
             if part.hold is None or offset < part.hold:
                 part.hold = offset
 

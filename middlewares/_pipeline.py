@@ -105,6 +105,8 @@ class Pipeline:
             lane.gone |= wanted
             lane.forget(wanted)
             lane.leave_unstarted(lambda tp: tp in wanted)
+            for tp in wanted:  # assigned again, a partition is read from its last commit
+                lane.rewound.pop(tp, None)
         tasks = [t.task for lane in self._lanes.values() for t in lane.tickets if t.tp in wanted]
         await _wait([task for task in tasks if task is not None], timeout_s, "revoked partitions")
 
@@ -120,6 +122,7 @@ class Pipeline:
         for lane in self._lanes.values():
             lane.closing = True
             lane.fetched.clear()
+            lane.rewound.clear()
             lane.leave_unstarted(lambda tp: True)
         tasks = [task for lane in self._lanes.values() for task in lane.tasks]
         await _wait(tasks, timeout_s, "shutdown")
@@ -245,7 +248,12 @@ class _Lane:
                 ticket.superseded = True
 
     def supersede(self, tp: tuple[str, int], offset: int) -> None:
+        """The consumer seeks back to `offset` of `tp`: what was read past it is read again."""
         self.forget({tp}, after=offset)
+        # Records past it still on their way to `admit` (fetched before the seek) are dropped.
+        self.rewound[tp] = min(offset, self.rewound.get(tp, offset))
         for ticket in self.tickets:
-            if ticket.tp == tp and ticket.offset > offset and not ticket.entered:
-                ticket.superseded = True
+            if ticket.tp == tp and ticket.offset > offset:
+                ticket.stale = True
+                if not ticket.entered:
+                    ticket.superseded = True

@@ -74,6 +74,22 @@ async def test_a_record_sought_back_holds_commits_until_it_is_read_again() -> No
     assert consumer.commit.await_args_list[-1] == call({A0: 8})
 
 
+async def test_a_record_finished_past_one_sought_back_to_does_not_let_commits_skip_ahead() -> None:
+    consumer = _consumer()
+    commits = Commits(every=100, interval_s=60.0)
+    claims = {offset: commits.begin(consumer, [_record(0, offset)]) for offset in range(5)}
+    await commits.finish(claims[0])
+    await commits.finish(claims[3])  # a duplicate: dedup skipped it before 1 and 2 had their turn
+    await commits.rewind(consumer, claims[1], [_record(0, 1)])  # 1 is redelivered: sought back to
+    consumer.seek.assert_called_once_with(A0, 1)
+    for stale in (claims[2], claims[4]):  # read before the seek: their copies read again count
+        assert stale is not None
+        stale.window.abandon(stale)
+    again = commits.begin(consumer, [_record(0, 1)])
+    await commits.finish(again, flush=True)
+    assert consumer.commit.await_args_list[-1] == call({A0: 2}), "2 is not read again yet"
+
+
 async def test_commits_go_out_in_the_background_by_count_and_by_time() -> None:
     consumer = _consumer()
     commits = Commits(every=3, interval_s=60.0)

@@ -102,6 +102,31 @@ async def test_records_behind_one_sought_back_to_are_superseded_not_run() -> Non
     assert subscriber.superseded == [4, 5, 6, 7]
 
 
+async def test_records_read_before_a_seek_back_are_stale_and_not_admitted_after_it() -> None:
+    subscriber = StandIn()
+    pipeline = Pipeline(begin=lambda consumer, recs: None)
+    pipeline.set_concurrency(subscriber, 2)
+    pipeline.attach(subscriber, default=1)
+    lane = pipeline._lanes[subscriber]
+    lane.room = asyncio.Semaphore(3)  # a lookahead of three records
+    first, other_key, behind = record(0, 3, b"a"), record(0, 4, b"b"), record(0, 5, b"a")
+    for rec in (first, other_key, behind):
+        await subscriber.consume_one(rec)
+    waiting = asyncio.create_task(subscriber.consume_one(record(0, 6, b"c")))  # fetched, no room yet
+    await subscriber.handler_started.wait()  # 3 and 4 (another key) entered their handlers
+    supersede_after([first])  # 3 is sought back to
+    tickets = {rec.offset: rec._alpha_ticket for rec in (first, other_key, behind)}
+    assert not tickets[3].stale, "the record sought back to is read again, not stale"
+    assert tickets[4].stale and not tickets[4].superseded, "it runs on, but its outcome is not counted"
+    assert tickets[5].stale and tickets[5].superseded, "it never starts"
+    await asyncio.gather(*lane.tasks)
+    await waiting
+    assert (b"c", 6) not in subscriber.ran, "read before the seek: it comes again after it"
+    await subscriber.consume_one(record(0, 3, b"a"))  # the seek's first record is admitted again
+    await asyncio.gather(*lane.tasks)
+    assert subscriber.ran[-1] == (b"a", 3) and lane.rewound == {}
+
+
 async def test_a_revoke_finishes_handlers_under_way_and_leaves_the_rest_to_the_new_owner() -> None:
     subscriber = StandIn()
     pipeline = Pipeline(begin=lambda consumer, recs: None)
