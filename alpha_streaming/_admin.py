@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from aiokafka import errors as ak
 from aiokafka.admin import NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from alpha_streaming._broker import describe_error, make_broker
 from alpha_streaming._errors import ConfigError, KafkaClientError
@@ -37,12 +38,16 @@ __all__ = (
     "connected_broker",
     "describe_error",
     "ensure_topics",
+    "max_message_bytes",
     "topic_partitions",
 )
 
 # How long a freshly created topic may take to show up in the metadata the broker serves.
 METADATA_WAIT_S = 15.0
 _TOPIC_ALREADY_EXISTS = ak.TopicAlreadyExistsError.errno
+# Kafka's broker default `message.max.bytes` (1 MiB + 12), used when a config cannot be read.
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+MAX_MESSAGE_BYTES = "max.message.bytes"
 log = logging.getLogger(__name__)
 
 
@@ -127,6 +132,18 @@ async def topic_partitions(admin: AIOKafkaAdminClient, topics: Iterable[str]) ->
         for item in described
         if item.get("error_code") == 0 and item.get("partitions")
     }
+
+
+async def max_message_bytes(admin: AIOKafkaAdminClient, topic: str) -> int:
+    """The largest record batch `topic` accepts (its `max.message.bytes`)."""
+    resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs={MAX_MESSAGE_BYTES: None})
+    responses = await admin.describe_configs([resource])
+    for response in responses:
+        for item in response.to_object()["resources"]:
+            for entry in item["config_entries"]:
+                if entry["config_names"] == MAX_MESSAGE_BYTES and entry["config_value"]:
+                    return int(entry["config_value"])
+    return DEFAULT_MAX_MESSAGE_BYTES
 
 
 async def ensure_topics(

@@ -9,23 +9,31 @@ Without it a missing consumed topic shows as ~300 "not found in cluster metadata
 30 s later, an `UnknownTopicOrPartitionError` that names no topic; a missing produced topic
 starts fine and hangs the first send for 30 s. Here both fail within seconds, naming each
 missing topic and the command that creates it.
+
+A produced topic must also take every batch the producer may send: aiokafka refuses a record
+over `max_request_size` before sending it, but a batch the broker refuses after it was sent
+(over the topic's `max.message.bytes`) breaks the idempotent producer's sequence for that
+partition until the process restarts (aiokafka 0.14 does not bump the epoch, KIP-360).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from unittest.mock import Mock
 
 from faststream.kafka import KafkaBroker
 
-from alpha_streaming._admin import broker_admin, topic_partitions
-from alpha_streaming._errors import UnknownTopicError
+from alpha_streaming._admin import broker_admin, max_message_bytes, topic_partitions
+from alpha_streaming._errors import ConfigError, UnknownTopicError
 
 __all__ = ("bootstrap_hint", "require_topics")
 
 log = logging.getLogger(__name__)
+# aiokafka's producer defaults, for a broker built without them.
+DEFAULT_MAX_REQUEST_SIZE = 1_048_576
+DEFAULT_MAX_BATCH_SIZE = 16_384
 
 
 def bootstrap_hint(topics: Sequence[str]) -> str:
@@ -53,22 +61,45 @@ async def require_topics(
         return  # FastStream's in-memory test broker: there is no cluster to ask
     await broker.connect()  # a `make_broker` broker: one clear error, nothing left open
     wanted = list(dict.fromkeys([*consumed, *produced]))
+    admin = broker_admin(broker)
     try:
-        existing = await topic_partitions(broker_admin(broker), wanted)
+        existing = await topic_partitions(admin, wanted)
+        missing = [t for t in wanted if t not in existing]
+        if missing:
+            roles = ", ".join(f"{t!r} ({'consumed' if t in consumed else 'produced'})" for t in missing)
+            raise UnknownTopicError(
+                f"service {service!r} cannot start: missing on the cluster at {_bootstrap_of(broker)}: "
+                f"{roles}; create them with: {bootstrap_hint(missing)}"
+            )
+        await _require_room(broker, admin, service, dict.fromkeys(produced))
+    except (UnknownTopicError, ConfigError) as problem:
+        await broker.stop()
+        # One formatted line ahead of the traceback `faststream run` prints.
+        log.error("%s", problem)
+        raise
     except BaseException:
         await broker.stop()
         raise
-    missing = [t for t in wanted if t not in existing]
-    if missing:
-        await broker.stop()
-        roles = ", ".join(f"{t!r} ({'consumed' if t in consumed else 'produced'})" for t in missing)
-        problem = UnknownTopicError(
-            f"service {service!r} cannot start: missing on the cluster at {_bootstrap_of(broker)}: "
-            f"{roles}; create them with: {bootstrap_hint(missing)}"
+
+
+async def _require_room(broker: KafkaBroker, admin: Any, service: str, produced: Iterable[str]) -> None:
+    """Every produced topic takes the largest request and batch the producer may send."""
+    options = getattr(broker, "_connection_kwargs", {})
+    sizes = {
+        "ALPHA_REDPANDA_MAX_REQUEST_SIZE": options.get("max_request_size") or DEFAULT_MAX_REQUEST_SIZE,
+        "ALPHA_REDPANDA_MAX_BATCH_SIZE": options.get("max_batch_size") or DEFAULT_MAX_BATCH_SIZE,
+    }
+    largest = max(sizes.values())
+    small = {topic: limit for topic in produced if (limit := await max_message_bytes(admin, topic)) < largest}
+    if small:
+        topics = ", ".join(f"{t!r} (max.message.bytes={limit})" for t, limit in small.items())
+        settings = " and ".join(f"{name}={size}" for name, size in sizes.items())
+        raise ConfigError(
+            f"service {service!r} cannot start: produced topic(s) {topics} refuse what the producer may "
+            f"send ({settings}); a refused batch breaks the idempotent producer for its partition "
+            f"until a restart. Set both settings to at most {min(small.values())}, or raise the "
+            "topics' max.message.bytes"
         )
-        # One formatted line ahead of the traceback `faststream run` prints.
-        log.error("%s", problem)
-        raise problem
 
 
 def _bootstrap_of(broker: KafkaBroker) -> str:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from aiokafka import errors as ak
 from aiokafka.admin import NewTopic
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from alpha_streaming._admin import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, max_message_bytes
 from alpha_streaming._errors import KafkaClientError
 
 if TYPE_CHECKING:
@@ -25,9 +25,6 @@ log = logging.getLogger(__name__)
 
 HEADROOM_BYTES = 256 * 1024
 """How much larger a created DLQ topic's `max.message.bytes` is than its source topic's."""
-# Kafka's broker default `message.max.bytes` (1 MiB + 12), used when a config cannot be read.
-DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
-MAX_MESSAGE_BYTES = "max.message.bytes"
 METADATA_WAIT_S = 15.0
 
 
@@ -46,7 +43,7 @@ async def describe_or_create(admin: AIOKafkaAdminClient, source: str, target: st
     if existing is None:
         # Same partitions and replication as the source, so the DLQ is as durable as it.
         partitions, replication = await _layout(admin, source) or (1, 1)
-        limit = await _max_message_bytes(admin, source) + HEADROOM_BYTES
+        limit = await max_message_bytes(admin, source) + HEADROOM_BYTES
         response = await admin.create_topics(
             [
                 NewTopic(
@@ -66,7 +63,7 @@ async def describe_or_create(admin: AIOKafkaAdminClient, source: str, target: st
                 )
         log.info("created dead-letter topic %s (%d partitions)", target, partitions)
         existing = await _wait_visible(admin, target)
-    return DlqTopic(existing[0], await _max_message_bytes(admin, target))
+    return DlqTopic(existing[0], await max_message_bytes(admin, target))
 
 
 async def _layout(admin: AIOKafkaAdminClient, topic: str) -> tuple[int, int] | None:
@@ -87,14 +84,3 @@ async def _wait_visible(admin: AIOKafkaAdminClient, topic: str) -> tuple[int, in
             raise KafkaClientError(f"dead-letter topic {topic!r} not in the metadata after creation")
         await asyncio.sleep(0.05)
     return layout
-
-
-async def _max_message_bytes(admin: AIOKafkaAdminClient, topic: str) -> int:
-    resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs={MAX_MESSAGE_BYTES: None})
-    responses = await admin.describe_configs([resource])
-    for response in responses:
-        for item in response.to_object()["resources"]:
-            for entry in item["config_entries"]:
-                if entry["config_names"] == MAX_MESSAGE_BYTES and entry["config_value"]:
-                    return int(entry["config_value"])
-    return DEFAULT_MAX_MESSAGE_BYTES

@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faststream import AckPolicy, FastStream
 
 from alpha_streaming import (
+    ConfigError,
     DedupSettings,
     EventEnvelope,
     LogSettings,
@@ -38,9 +39,9 @@ from tests.conftest import NewTopicFactory
 from tests.support import eventually
 
 
-def settings_for(kafka: str, *, port: int | None = None) -> Settings:
+def settings_for(kafka: str, *, port: int | None = None, max_request_size: int = 1_048_576) -> Settings:
     return Settings(
-        redpanda=RedpandaSettings(bootstrap_servers=kafka),
+        redpanda=RedpandaSettings(bootstrap_servers=kafka, max_request_size=max_request_size),
         dedup=DedupSettings(enabled=False),
         metrics=MetricsSettings(prometheus_port=port),
     )
@@ -80,6 +81,29 @@ async def test_missing_topics_fail_start_within_seconds_naming_each_and_the_fix(
         assert f"alpha-streaming topics bootstrap {flags}" in message
         assert not service.started
         await service.stop()
+
+
+async def test_a_produced_topic_that_refuses_the_producers_requests_fails_start_naming_the_fix(
+    kafka_bootstrap: str, new_topic: NewTopicFactory
+) -> None:
+    # A batch the broker refuses after it was sent breaks aiokafka's idempotent producer for
+    # that partition until a restart: such a topic is refused at startup instead.
+    consumed = await new_topic(prefix="paper.ops")
+    produced = await new_topic(prefix="paper.ops.small", config={"max.message.bytes": "100000"})
+    service = service_for(settings_for(kafka_bootstrap), consumed, produced)
+    with pytest.raises(ConfigError) as caught:
+        await service.start()
+    message = str(caught.value)
+    assert f"{produced!r} (max.message.bytes=100000)" in message
+    assert "ALPHA_REDPANDA_MAX_REQUEST_SIZE=1048576" in message and "at most 100000" in message
+    assert not service.started
+    await service.stop()
+    fitted = service_for(settings_for(kafka_bootstrap, max_request_size=100_000), consumed, produced)
+    await fitted.start()
+    try:
+        assert fitted.started
+    finally:
+        await fitted.stop()
 
 
 async def test_health_reports_a_topic_deleted_while_running(
