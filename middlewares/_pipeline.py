@@ -109,12 +109,20 @@ class Pipeline:
                 lane.rewound.pop(tp, None)
         tasks = [t.task for lane in self._lanes.values() for t in lane.tickets if t.tp in wanted]
         await _wait([task for task in tasks if task is not None], timeout_s, "revoked partitions")
+        for lane in self._lanes.values():
+            for ticket in lane.tickets:
+                if ticket.tp in wanted:
+                    # Whoever reads the partition next starts from its last commit: what these
+                    # records decide later (a commit, a seek back) belongs to an old assignment.
+                    ticket.stale = True
 
     def assigned(self, partitions: Collection[TopicPartition]) -> None:
         """`partitions` are this member's again: their records are admitted."""
         back = {(tp.topic, tp.partition) for tp in partitions}
         for lane in self._lanes.values():
             lane.gone -= back
+            for tp in back:  # read from its last commit: a seek made before the rebalance is void
+                lane.rewound.pop(tp, None)
 
     async def drain(self, timeout_s: float) -> None:
         """Admit nothing more; handlers under way finish (bounded) before the broker stops, records
@@ -250,8 +258,9 @@ class _Lane:
     def supersede(self, tp: tuple[str, int], offset: int) -> None:
         """The consumer seeks back to `offset` of `tp`: what was read past it is read again."""
         self.forget({tp}, after=offset)
-        # Records past it still on their way to `admit` (fetched before the seek) are dropped.
-        self.rewound[tp] = min(offset, self.rewound.get(tp, offset))
+        if tp not in self.gone:  # revoked meanwhile: no seek follows, the next owner reads on
+            # Records past it still on their way to `admit` (fetched before the seek) are dropped.
+            self.rewound[tp] = min(offset, self.rewound.get(tp, offset))
         for ticket in self.tickets:
             if ticket.tp == tp and ticket.offset > offset:
                 ticket.stale = True

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,9 +27,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from alpha_streaming import DeadLetter, EventEnvelope, RedpandaProducer, RedpandaSettings, read_bounded
+from tests.fault._service_kit import TASK_DUMP
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = REPO / "scripts" / "stack.sh"
+# Tasks every Kafka client runs whatever the service does: left out of a task dump.
+CLIENT_TASK = re.compile(r": (conn|client|sender|fetcher|group_coordinator)\.py:")
 FAULT_KAFKA = os.environ.get("FAULT_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
 FAULT_REDIS = os.environ.get("FAULT_REDIS_URL", "redis://127.0.0.1:16379/0")
 FAULTSTREAM = Path(sys.executable).parent / "faststream"
@@ -330,11 +334,25 @@ class Scenario:
         return [p.terminate(timeout) for p in self.processes if p.alive()]
 
     def logs(self) -> str:
+        """The last lines of each service's log, after the task dump of each live one (SIGUSR1)."""
+        live = [p for p in self.processes if p.alive()]
+        for process in live:
+            process.popen.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
+        deadline = time.monotonic() + 5
+        while live and time.monotonic() < deadline and self._dumps() < len(live):
+            time.sleep(0.1)  # a diagnostic on the way to a failure: bounded, nothing waits on it
         tails = []
         for path in sorted(self.ledger_dir.glob("service-*.log")):
             lines = path.read_text(errors="replace").splitlines()
-            tails.append(f"--- {path.name} (last 30 lines) ---\n" + "\n".join(lines[-30:]))
+            dump = [line for line in lines if line.startswith(TASK_DUMP) and not CLIENT_TASK.search(line)]
+            tails.append(
+                f"--- {path.name} (tasks, then the last 30 lines) ---\n" + "\n".join(dump + lines[-30:])
+            )
         return "\n".join(tails)
+
+    def _dumps(self) -> int:
+        logs = self.ledger_dir.glob("service-*.log")
+        return sum(1 for path in logs if TASK_DUMP in path.read_text(errors="replace"))
 
     async def read_topic(
         self, topic: str, *, isolation_level: str = "read_uncommitted"

@@ -4,7 +4,8 @@ One ledger line per effect, appended with a single
 unbuffered `os.write` to `FAULT_LEDGER_DIR/ledger-<pid>.txt` (`event_id partition offset pid time`,
 then any extra fields), so a SIGKILL keeps every effect that happened and invents none; every
 100 ms the process's counters (`alpha.messages` by outcome, Redis outages by mode) go to
-`FAULT_LEDGER_DIR/metrics-<pid>.json`. `_harness.Scenario` reads both.
+`FAULT_LEDGER_DIR/metrics-<pid>.json`. `_harness.Scenario` reads both. On SIGUSR1 a process
+writes one `TASK-DUMP` line per asyncio task (its stack) to its log: what a hung service waits on.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 METRICS_EVERY_S = 0.1
+TASK_DUMP = "TASK-DUMP"
 COUNTED = {"alpha.messages": "outcome", "alpha.dedup.redis_outage": "mode"}
 
 
@@ -56,6 +60,7 @@ class ProcessFigures:
 
     async def _start(self) -> None:
         self._task = asyncio.create_task(self._publish())
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
         (self.directory / f"ready-{os.getpid()}").touch()
 
     async def _stop(self) -> None:
@@ -91,3 +96,11 @@ class ProcessFigures:
                         key = f"{label}:{value}"
                         counts[key] = counts.get(key, 0) + int(point.value)  # type: ignore[union-attr]
         return counts
+
+
+def _dump_tasks() -> None:
+    for task in asyncio.all_tasks():
+        frames = " <- ".join(
+            f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}" for f in task.get_stack()
+        )
+        print(f"{TASK_DUMP} {task.get_name()}: {frames}", file=sys.stderr, flush=True)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import sys
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -68,15 +66,3 @@ service = (
 )
 app = service.app
 figures.attach(app)
-
-
-@app.after_startup
-async def dump_tasks_on_sigusr1() -> None:
-    """`kill -USR1` prints every asyncio task's stack to the log: what a hung service waits on."""
-
-    def dump() -> None:
-        for task in asyncio.all_tasks():
-            task.print_stack(file=sys.stderr)
-        sys.stderr.flush()
-
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)

@@ -142,6 +142,21 @@ async def test_a_revoke_finishes_handlers_under_way_and_leaves_the_rest_to_the_n
     assert [(r.partition, r.offset) for r in lane.fetched] == [(0, 9)]
 
 
+async def test_a_record_still_running_after_a_revoke_decides_neither_commit_nor_seek() -> None:
+    subscriber = StandIn()
+    pipeline = Pipeline(begin=lambda consumer, recs: None)
+    pipeline.attach(subscriber, default=1)
+    lane = pipeline._lanes[subscriber]
+    slow = record(1, 2, None)
+    lane.consume = lambda rec: asyncio.sleep(0.5)  # a handler outliving the settle timeout
+    await subscriber.consume_one(slow)
+    await pipeline.settle({TopicPartition("t", 1)}, timeout_s=0.01)
+    assert slow._alpha_ticket.stale, "its partition is read from the last commit by its next owner"
+    pipeline.assigned({TopicPartition("t", 1)})
+    assert lane.rewound == {}
+    await asyncio.gather(*lane.tasks)
+
+
 async def test_shutdown_finishes_handlers_under_way_and_leaves_the_rest_unprocessed() -> None:
     subscriber = StandIn()
     pipeline = Pipeline(begin=lambda consumer, recs: None)
