@@ -6,11 +6,11 @@
 #   scripts/secure.sh status   say which listener answers
 #
 # Listeners, all on 127.0.0.1 (the main stack uses 9092, the fault stack 19092, the cluster 29092-4):
-#   39092 SSL       server certificate for 127.0.0.1/localhost, signed by the test CA
-#   39093 SASL_SSL  SCRAM-SHA-512 and PLAIN; users alice (SCRAM) and bob (PLAIN)
-#   39094 SSL       client certificates required (mTLS)
-#   39095 SSL       server certificate for another host (kafka.other.test): hostname checks fail
-#   39096 PLAINTEXT inter-broker listener; 39097 the controller
+#   18092 SSL       server certificate for 127.0.0.1/localhost, signed by the test CA
+#   18093 SASL_SSL  SCRAM-SHA-512 and PLAIN; users alice (SCRAM) and bob (PLAIN)
+#   18094 SSL       client certificates required (mTLS)
+#   18095 SSL       server certificate for another host (kafka.other.test): hostname checks fail
+#   18096 PLAINTEXT inter-broker listener; 18097 the controller
 # Files live under ALPHA_SECURE_HOME (default ~/.cache/alpha-streaming/secure): ca.pem, client.pem,
 # client.key (encrypted with the password in client.key.password), rogue-ca.pem (a CA that signed
 # nothing here), users.env (the SASL users' passwords). Same jars as scripts/stack.sh.
@@ -24,7 +24,8 @@ SECURE_HOME="${ALPHA_SECURE_HOME:-$STACK_HOME/secure}"
 CERTS="$SECURE_HOME/certs"
 STATE="$SECURE_HOME/kafka"
 CLUSTER_ID="alphaStreamingSecure01"
-SSL_PORT=39092 SASL_PORT=39093 MTLS_PORT=39094 OTHER_PORT=39095 INTERNAL_PORT=39096 CONTROLLER_PORT=39097
+# Below the kernel's ephemeral range (32768-60999): a client socket cannot take one of them first.
+SSL_PORT=18092 SASL_PORT=18093 MTLS_PORT=18094 OTHER_PORT=18095 INTERNAL_PORT=18096 CONTROLLER_PORT=18097
 CLIENT_PORTS=("$SSL_PORT" "$SASL_PORT" "$MTLS_PORT" "$OTHER_PORT")
 
 say() { printf '[secure] %s\n' "$*"; }
@@ -123,15 +124,16 @@ up() {
   mkdir -p "$STATE"
   local conf="$STATE/server.properties" java_cp="$KAFKA_LIB/*"
   server_properties >"$conf"
-  if [[ ! -f "$STATE/data/meta.properties" ]]; then
-    # shellcheck disable=SC1091
-    source "$CERTS/users.env"
-    say "formatting KRaft storage in $STATE/data (SCRAM user $SCRAM_USER)"
-    java -Xmx256M "-Dlog4j2.configurationFile=$here/kafka/tools-log4j2.properties" -cp "$java_cp" \
-      kafka.tools.StorageTool format --standalone -t "$CLUSTER_ID" -c "$conf" \
-      --add-scram "SCRAM-SHA-512=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]" >"$STATE/format.log" 2>&1 \
-      || { cat "$STATE/format.log" >&2; die "formatting the KRaft log dir failed"; }
-  fi
+  # A test fixture's broker: it starts from empty storage every time, so no topic of an earlier
+  # run slows its start and no registration of a killed predecessor blocks it.
+  rm -rf "$STATE/data"
+  # shellcheck disable=SC1091
+  source "$CERTS/users.env"
+  say "formatting KRaft storage in $STATE/data (SCRAM user $SCRAM_USER)"
+  java -Xmx256M "-Dlog4j2.configurationFile=$here/kafka/tools-log4j2.properties" -cp "$java_cp" \
+    kafka.tools.StorageTool format --standalone -t "$CLUSTER_ID" -c "$conf" \
+    --add-scram "SCRAM-SHA-512=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]" >"$STATE/format.log" 2>&1 \
+    || { cat "$STATE/format.log" >&2; die "formatting the KRaft log dir failed"; }
   say "starting secure kafka $KAFKA_VERSION on 127.0.0.1:${CLIENT_PORTS[*]} (log: $STATE/kafka.log)"
   nohup java -Xms128M -Xmx384M -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
     "-Dkafka.logs.dir=$STATE" "-Dlog4j2.configurationFile=$here/kafka/log4j2.properties" \

@@ -21,7 +21,7 @@ from alpha_streaming import RedpandaSettings
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "scripts" / "secure.sh"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-PORTS = {"ssl": 39092, "sasl": 39093, "mtls": 39094, "other_host": 39095}
+PORTS = {"ssl": 18092, "sasl": 18093, "mtls": 18094, "other_host": 18095}
 
 
 @dataclass(frozen=True)

@@ -55,13 +55,13 @@ async def test_a_ready_ssl_context_reaches_the_mtls_listener(secure: SecureClust
     config = settings_with_context(
         secure.file("ca.pem"), secure.file("client.pem"), secure.file("client.key"), secure.key_password
     )
-    config = config.model_copy(update={"bootstrap_servers": ["127.0.0.1:39094"]})
+    config = config.model_copy(update={"bootstrap_servers": ["127.0.0.1:18094"]})
     record = await round_trip(config, topic_name, f"g-{uuid.uuid4().hex[:8]}")
     assert record.topic == topic_name
 
 
 async def test_make_broker_takes_a_security_argument(secure: SecureCluster) -> None:
-    config = RedpandaSettings(bootstrap_servers="127.0.0.1:39094", security_protocol="SSL")
+    config = RedpandaSettings(bootstrap_servers="127.0.0.1:18094", security_protocol="SSL")
     broker = make_broker(config, security=client_context(secure), logger=None)
     await broker.connect()
     try:
@@ -78,7 +78,7 @@ async def test_a_faststream_security_object_replaces_the_settings(
         secure.users["SCRAM_PASSWORD"],
         ssl_context=ssl.create_default_context(cafile=secure.file("ca.pem")),
     )
-    config = RedpandaSettings(bootstrap_servers="127.0.0.1:39093", security=scram)
+    config = RedpandaSettings(bootstrap_servers="127.0.0.1:18093", security=scram)
     record = await round_trip(config, topic_name, f"g-{uuid.uuid4().hex[:8]}")
     assert record.topic == topic_name
 
