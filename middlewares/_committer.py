@@ -95,12 +95,17 @@ class Commits:
             await window.flush()
 
     async def rewind(
-        self, consumer: Any, claim: Claim | None, records: Collection[ConsumerRecord[Any, Any]]
+        self,
+        consumer: Any,
+        claim: Claim | None,
+        records: Collection[ConsumerRecord[Any, Any]],
+        still_ours: Callable[[], bool] = lambda: True,
     ) -> None:
         """The records stay unfinished: commit what is finished below them, then seek back to them.
 
         The seek is what lets a later record lift the hold (`CommitWindow.begin`), so it is made
-        whatever the commit did.
+        whatever the commit did, unless `still_ours()` turned false meanwhile (a rebalance: the
+        partition is read from its last commit, and a seek now would skip records).
         """
         if claim is None:
             return
@@ -110,6 +115,8 @@ class Commits:
                 await claim.window.flush()
         except Exception as exc:  # the hold keeps later commits below the records
             log.warning("commit before a seek failed (%s: %s)", type(exc).__name__, exc)
+        if not still_ours():
+            return
         try:
             for tp, offset in first_offsets(records).items():
                 consumer.seek(tp, offset)

@@ -330,7 +330,8 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
             return
         claim, self._claim = self._claim, None
         supersede_after(self._records)
-        await self._config.commits.rewind(self._consumer, claim, self._records)
+        records = self._records
+        await self._config.commits.rewind(self._consumer, claim, records, lambda: not is_stale(records))
 
     def _begin(self, records: tuple[ConsumerRecord[Any, Any], ...]) -> Claim | None:
         """The pipeline took a single record into the commit window at admission, in fetch order."""

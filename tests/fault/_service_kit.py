@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -23,6 +24,9 @@ from typing import Any
 from faststream import FastStream
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from middlewares._low_water import CommitWindow
+from middlewares._pipeline import Pipeline
 
 METRICS_EVERY_S = 0.1
 TASK_DUMP = "TASK-DUMP"
@@ -99,8 +103,28 @@ class ProcessFigures:
 
 
 def _dump_tasks() -> None:
+    lines = []
     for task in asyncio.all_tasks():
         frames = " <- ".join(
             f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}" for f in task.get_stack()
         )
-        print(f"{TASK_DUMP} {task.get_name()}: {frames}", file=sys.stderr, flush=True)
+        lines.append(f"{task.get_name()}: {frames}")
+    # The pipeline's and the commit windows' state: what admission and commits wait on.
+    for thing in gc.get_objects():
+        if isinstance(thing, Pipeline):
+            for lane in thing._lanes.values():
+                consumer = lane.subscriber.consumer
+                assigned = sorted(tp.partition for tp in consumer.assignment()) if consumer else None
+                lines.append(
+                    f"lane: assigned={assigned} gone={sorted(lane.gone)} rewound={lane.rewound} "
+                    f"tickets={len(lane.tickets)} room={lane.room._value} fetched={len(lane.fetched)}"
+                )
+        elif isinstance(thing, CommitWindow):
+            for by_number in thing._partitions.values():
+                for n, part in sorted(by_number.items()):
+                    lines.append(
+                        f"window [{n}]: in_flight={sorted(part.in_flight)[:5]} finished={part.finished} "
+                        f"committed={part.committed} hold={part.hold}"
+                    )
+    for line in lines:
+        print(f"{TASK_DUMP} {line}", file=sys.stderr, flush=True)
