@@ -31,9 +31,6 @@ from alpha_streaming._errors import ConfigError, UnknownTopicError
 __all__ = ("bootstrap_hint", "require_topics")
 
 log = logging.getLogger(__name__)
-# aiokafka's producer defaults, for a broker built without them.
-DEFAULT_MAX_REQUEST_SIZE = 1_048_576
-DEFAULT_MAX_BATCH_SIZE = 16_384
 
 
 def bootstrap_hint(topics: Sequence[str]) -> str:
@@ -84,10 +81,10 @@ async def require_topics(
 
 async def _require_room(broker: KafkaBroker, admin: Any, service: str, produced: Iterable[str]) -> None:
     """Every produced topic takes the largest request and batch the producer may send."""
-    options = getattr(broker, "_connection_kwargs", {})
+    options = broker._connection_kwargs  # KafkaBroker keeps its producer sizes there (its defaults too)
     sizes = {
-        "ALPHA_REDPANDA_MAX_REQUEST_SIZE": options.get("max_request_size") or DEFAULT_MAX_REQUEST_SIZE,
-        "ALPHA_REDPANDA_MAX_BATCH_SIZE": options.get("max_batch_size") or DEFAULT_MAX_BATCH_SIZE,
+        "ALPHA_REDPANDA_MAX_REQUEST_SIZE": options["max_request_size"],
+        "ALPHA_REDPANDA_MAX_BATCH_SIZE": options["max_batch_size"],
     }
     largest = max(sizes.values())
     small = {topic: limit for topic in produced if (limit := await max_message_bytes(admin, topic)) < largest}

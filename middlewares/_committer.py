@@ -95,27 +95,26 @@ class Commits:
             await window.flush()
 
     async def rewind(
-        self,
-        consumer: Any,
-        claim: Claim | None,
-        records: Collection[ConsumerRecord[Any, Any]],
-        still_ours: Callable[[], bool] = lambda: True,
+        self, consumer: Any, claim: Claim | None, records: Collection[ConsumerRecord[Any, Any]]
     ) -> None:
         """The records stay unfinished: commit what is finished below them, then seek back to them.
 
         The seek is what lets a later record lift the hold (`CommitWindow.begin`), so it is made
-        whatever the commit did, unless `still_ours()` turned false meanwhile (a rebalance: the
-        partition is read from its last commit, and a seek now would skip records).
+        whatever the commit did. A stale claim never seeks: its partition is read again from an
+        earlier offset already (or from its last commit, after a rebalance during the commit),
+        and a seek to it would skip the records in between.
         """
         if claim is None:
             return
         claim.window.unfinished(claim)
+        if claim.stale:
+            return
         try:
             if self.commit is None:
                 await claim.window.flush()
         except Exception as exc:  # the hold keeps later commits below the records
             log.warning("commit before a seek failed (%s: %s)", type(exc).__name__, exc)
-        if not still_ours():
+        if claim.stale:
             return
         try:
             for tp, offset in first_offsets(records).items():

@@ -36,7 +36,7 @@ from alpha_streaming._errors import ConfigError, RedeliveryRequested
 from alpha_streaming._logging import bind_record, unbind_record
 from middlewares._committer import Claim, Commits
 from middlewares._dead_letter import DeadLetterSink, DeadLetterWriter
-from middlewares._gate import Superseded, is_stale, supersede_after, take_claim, wait_turn
+from middlewares._gate import Superseded, supersede_after, take_claim, wait_turn
 from middlewares._header_escape import escape_unreadable_headers, restore_original_headers
 from middlewares._metrics import RAW_OUTCOME_ATTRIBUTE
 from middlewares._retry import Budget, RetryPolicy
@@ -255,23 +255,11 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
         it), or a revoke or shutdown left it unstarted (held: nothing commits past it)."""
         state.outcome = Outcome.REDELIVER
         self._suppress = True
-        if not self._dropped_stale() and (claim := self._claim) is not None:
-            self._claim = None
-            claim.window.unfinished(claim)
-
-    def _dropped_stale(self) -> bool:
-        """A record read before a seek back below it: the copy read again decides the commit
-        (dedup skips it if this one finished), so this one neither commits nor seeks."""
-        if not is_stale(self._records):
-            return False
         claim, self._claim = self._claim, None
         if claim is not None:
-            claim.window.abandon(claim)
-        return True
+            claim.window.unfinished(claim)
 
     async def _commit_quietly(self) -> None:
-        if self._dropped_stale():
-            return
         try:
             await self._config.commits.finish(self._claim, flush=self._flush)
         except Exception as exc:
@@ -326,12 +314,9 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
         await self._rewind()
 
     async def _rewind(self) -> None:  # at most once per message: the claim is given up here
-        if self._dropped_stale():  # a seek to it now could skip records read again before it
-            return
         claim, self._claim = self._claim, None
         supersede_after(self._records)
-        records = self._records
-        await self._config.commits.rewind(self._consumer, claim, records, lambda: not is_stale(records))
+        await self._config.commits.rewind(self._consumer, claim, self._records)
 
     def _begin(self, records: tuple[ConsumerRecord[Any, Any], ...]) -> Claim | None:
         """The pipeline took a single record into the commit window at admission, in fetch order."""

@@ -3,8 +3,7 @@
 `Ticket`s are made by the pipeline (`_pipeline`) when it admits a record and ride on the record;
 the gate middleware (between dedup and outputs) makes the handler wait for the ticket's turn;
 error routing reads it too: the record's commit claim (`take_claim`), its turn before a
-dead-letter write (`wait_turn`), a seek-back that supersedes later records (`supersede_after`),
-and whether the record was read before such a seek-back (`is_stale`).
+dead-letter write (`wait_turn`), and a seek-back that supersedes later records (`supersede_after`).
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ __all__ = (
     "Ticket",
     "done_written",
     "hold_slot_until_done",
-    "is_stale",
     "supersede_after",
     "take_claim",
     "wait_turn",
@@ -74,6 +72,7 @@ class Ticket:
     __slots__ = (
         "awaits_done",
         "claim",
+        "claim_taken",
         "entered",
         "key",
         "lane",
@@ -81,7 +80,6 @@ class Ticket:
         "prev",
         "released",
         "slot_held",
-        "stale",
         "superseded",
         "task",
         "tp",
@@ -98,9 +96,17 @@ class Ticket:
         self.task: asyncio.Task[None] | None = None
         self.wake: asyncio.Future[None] | None = None
         self.entered = self.released = self.slot_held = self.superseded = self.awaits_done = False
-        self.stale = False
-        """An earlier record of the partition was sought back to after this one was read: the
-        record is read again, so this copy's outcome neither moves commits nor seeks."""
+        self.claim_taken = False
+        """Error routing took `claim` (`take_claim`): the record's processing began."""
+
+    @property
+    def stale(self) -> bool:
+        """Read before a seek back to an earlier record of its partition (`Claim.stale`)."""
+        return self.claim is not None and self.claim.stale
+
+    def go_stale(self) -> None:
+        if self.claim is not None:
+            self.claim.stale = True
 
     async def enter(self) -> None:
         """Wait for the previous record of the key to end, then for a handler slot."""
@@ -156,10 +162,10 @@ def _ticket_of(record: Any) -> Ticket | None:
 def take_claim(record: Any) -> Claim | None:
     """The commit-window claim taken when `record` was admitted (None when not pipelined)."""
     ticket = _ticket_of(record)
-    if ticket is None:
+    if ticket is None or ticket.claim_taken:
         return None
-    claim, ticket.claim = ticket.claim, None
-    return claim
+    ticket.claim_taken = True
+    return ticket.claim
 
 
 async def wait_turn(records: Collection[Any]) -> None:
@@ -185,19 +191,11 @@ def done_written(record: Any) -> None:
         ticket.release_slot()
 
 
-def is_stale(records: Collection[Any]) -> bool:
-    """The record was read before a seek back to an earlier record of its partition."""
-    if len(records) != 1:
-        return False
-    ticket = _ticket_of(next(iter(records)))
-    return ticket is not None and ticket.stale
-
-
 def supersede_after(records: Collection[Any]) -> None:
     """`records` are sought back to: later admitted records of their partitions are read again too."""
     for record in records:
         ticket = _ticket_of(record)
-        if ticket is not None:
+        if ticket is not None and not ticket.stale:  # a stale one's partition was sought back below it
             ticket.lane.supersede(ticket.tp, ticket.offset)
 
 

@@ -56,11 +56,14 @@ class _Partition:
 class Claim:
     """The records of one message, in flight in `window` (per record: its partition, its offset)."""
 
-    __slots__ = ("entries", "window")
+    __slots__ = ("entries", "stale", "window")
 
     def __init__(self, window: CommitWindow, entries: list[tuple[_Partition, int]]) -> None:
         self.window = window
         self.entries = entries
+        self.stale = False
+        """Read before a seek back below it (or before its partition's revoke settled): the copy
+        read again decides, so this claim's end neither counts, holds nor seeks."""
 
 
 class CommitWindow:
@@ -120,6 +123,9 @@ class CommitWindow:
 
     def finish(self, claim: Claim) -> bool:
         """The claim's records are done: count them; True when a commit is due now."""
+        if claim.stale:
+            _leave_all(claim)
+            return False
         for part, offset in claim.entries:
             _leave(part, offset)
             if offset >= part.finished:
@@ -133,16 +139,13 @@ class CommitWindow:
 
     def unfinished(self, claim: Claim) -> None:
         """The claim's records ended without an outcome: hold commits at each until it is read again."""
+        if claim.stale:
+            _leave_all(claim)
+            return
         for part, offset in claim.entries:
             _leave(part, offset)
             if part.hold is None or offset < part.hold:
                 part.hold = offset
-
-    def abandon(self, claim: Claim) -> None:
-        """The claim's records were read before a seek back below them: their copies read again
-        decide the commit, so this outcome neither counts as finished nor holds anything."""
-        for part, offset in claim.entries:
-            _leave(part, offset)
 
     def sought(self, tp: TopicPartition, offset: int) -> None:
         """The consumer was sought back to `offset`: what finished past it (e.g. a duplicate that
@@ -266,6 +269,11 @@ class CommitWindow:
                 self._partitions.get(tp.topic, {}).pop(tp.partition, None)
             if kept:
                 await self._consumer.commit(kept)
+
+
+def _leave_all(claim: Claim) -> None:
+    for part, offset in claim.entries:
+        _leave(part, offset)
 
 
 def _leave(part: _Partition, offset: int) -> None:

@@ -114,7 +114,7 @@ class Pipeline:
                 if ticket.tp in wanted:
                     # Whoever reads the partition next starts from its last commit: what these
                     # records decide later (a commit, a seek back) belongs to an old assignment.
-                    ticket.stale = True
+                    ticket.go_stale()
 
     def assigned(self, partitions: Collection[TopicPartition]) -> None:
         """`partitions` are this member's again: their records are admitted."""
@@ -245,8 +245,8 @@ class _Lane:
             ticket.release()
             self.tickets.discard(ticket)
             self.room.release()
-            claim, ticket.claim = ticket.claim, None
-            if claim is not None:  # processing never began (e.g. the subscriber stopped first)
+            claim = ticket.claim
+            if claim is not None and not ticket.claim_taken:  # processing never began (e.g. stopped first)
                 claim.window.unfinished(claim)
 
     def leave_unstarted(self, which: Callable[[tuple[str, int]], bool]) -> None:
@@ -263,6 +263,6 @@ class _Lane:
             self.rewound[tp] = min(offset, self.rewound.get(tp, offset))
         for ticket in self.tickets:
             if ticket.tp == tp and ticket.offset > offset:
-                ticket.stale = True
+                ticket.go_stale()
                 if not ticket.entered:
                     ticket.superseded = True

@@ -16,7 +16,10 @@ from faststream.kafka import KafkaBroker
 from alpha_streaming import ConfigError, StreamServiceBuilder
 from middlewares import EnhancedTier
 from middlewares._gate import Superseded, supersede_after
+from middlewares._low_water import CommitWindow
 from middlewares._pipeline import Pipeline
+
+WINDOW = CommitWindow(object(), every=1_000, interval_s=60.0)  # never commits here
 
 
 def record(partition: int, offset: int, key: bytes | None) -> ConsumerRecord[Any, Any]:
@@ -104,7 +107,7 @@ async def test_records_behind_one_sought_back_to_are_superseded_not_run() -> Non
 
 async def test_records_read_before_a_seek_back_are_stale_and_not_admitted_after_it() -> None:
     subscriber = StandIn()
-    pipeline = Pipeline(begin=lambda consumer, recs: None)
+    pipeline = Pipeline(begin=lambda consumer, recs: WINDOW.begin(recs))  # claims carry staleness
     pipeline.set_concurrency(subscriber, 2)
     pipeline.attach(subscriber, default=1)
     lane = pipeline._lanes[subscriber]
@@ -144,7 +147,7 @@ async def test_a_revoke_finishes_handlers_under_way_and_leaves_the_rest_to_the_n
 
 async def test_a_record_still_running_after_a_revoke_decides_neither_commit_nor_seek() -> None:
     subscriber = StandIn()
-    pipeline = Pipeline(begin=lambda consumer, recs: None)
+    pipeline = Pipeline(begin=lambda consumer, recs: WINDOW.begin(recs))  # claims carry staleness
     pipeline.attach(subscriber, default=1)
     lane = pipeline._lanes[subscriber]
     slow = record(1, 2, None)
