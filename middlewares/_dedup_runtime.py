@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from alpha_streaming._envelope import EnvelopeHeaders, EventEnvelope
 from alpha_streaming._errors import RedeliveryRequested
 from middlewares._dedup_store import lease_key
-from middlewares._envelope import ENVELOPES_KEY, group_id_of
+from middlewares._envelope import group_id_of
 from middlewares._gate import done_written, hold_slot_until_done
 from middlewares._lease_scripts import CLAIMED, DONE
 from middlewares._state import MessageState, Outcome, state_of
@@ -102,9 +102,7 @@ class DedupRuntime(BaseMiddleware[Any, Any]):
             self._note_beyond_window([envelopes[i] for i in fresh])
         claimed = [ids[i] for i in fresh]
         if batch and len(fresh) < len(ids):
-            _narrow_batch(msg, state, fresh)
-            with self.context.scope(ENVELOPES_KEY, state.batch_envelopes):
-                return await self._run(call_next, msg, claimed, state)
+            _narrow_batch(msg, state, fresh)  # `CurrentEnvelopes` reads the narrowed state
         return await self._run(call_next, msg, claimed, state)
 
     async def after_processed(

@@ -38,7 +38,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Annotated, Any
 
 import pydantic_core
-from faststream import BaseMiddleware
+from faststream import BaseMiddleware, Depends
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import BaseModel
@@ -48,8 +48,7 @@ from alpha_streaming import _serialization as serialization
 from alpha_streaming._envelope import EnvelopeHeaders, EventEnvelope
 from alpha_streaming._errors import ConfigError, EnvelopeError
 from alpha_streaming._topics import BrokerContext, broker_from_topic
-from middlewares._loop_context import LoopContext
-from middlewares._state import state_of
+from middlewares._state import MessageState, current_state, handling, state_of
 
 if TYPE_CHECKING:
     from faststream._internal.basic_types import AsyncFuncAny
@@ -58,9 +57,6 @@ if TYPE_CHECKING:
     from faststream.response import PublishCommand
 
 __all__ = (
-    "BROKER_CONTEXT_KEY",
-    "ENVELOPES_KEY",
-    "ENVELOPE_KEY",
     "CurrentBrokerContext",
     "CurrentEnvelope",
     "CurrentEnvelopes",
@@ -68,16 +64,40 @@ __all__ = (
     "group_id_of",
 )
 
-ENVELOPE_KEY = "alpha_envelope"
-ENVELOPES_KEY = "alpha_envelopes"
-BROKER_CONTEXT_KEY = "alpha_broker_context"
+
+def _handled() -> MessageState:
+    state = current_state()
+    if state is None:
+        raise EnvelopeError("no message is being handled here; is EnvelopeMiddleware installed?")
+    return state
 
 
-CurrentEnvelope = Annotated[EventEnvelope, LoopContext(ENVELOPE_KEY)]
+async def _current_envelope() -> EventEnvelope:
+    envelope = _handled().envelope
+    if envelope is None:
+        raise EnvelopeError(
+            "CurrentEnvelope is for single-message subscribers; a batch takes CurrentEnvelopes"
+        )
+    return envelope
+
+
+async def _current_envelopes() -> tuple[EventEnvelope, ...]:
+    return _handled().batch_envelopes
+
+
+async def _current_broker_context() -> BrokerContext:
+    where = _handled().broker_context
+    assert where is not None  # set together with the envelope(s)
+    return where
+
+
+# Dependencies on async functions: resolved in place, with no task group or worker thread per
+# message (a `Context(...)` field costs either, `_state.handling`).
+CurrentEnvelope = Annotated[EventEnvelope, Depends(_current_envelope, cast=False)]
 """The envelope of the event being handled (single-message subscribers)."""
-CurrentEnvelopes = Annotated[tuple[EventEnvelope, ...], LoopContext(ENVELOPES_KEY)]
+CurrentEnvelopes = Annotated[tuple[EventEnvelope, ...], Depends(_current_envelopes, cast=False)]
 """The envelopes of a batch, aligned with the list of payloads the handler receives."""
-CurrentBrokerContext = Annotated[BrokerContext, LoopContext(BROKER_CONTEXT_KEY)]
+CurrentBrokerContext = Annotated[BrokerContext, Depends(_current_broker_context, cast=False)]
 """Where the event came from: broker namespace, topic, partition, offset, consumer group."""
 
 JSON = "application/json"
@@ -140,10 +160,7 @@ class _EnvelopeRuntime(BaseMiddleware[Any, Any]):
         state.broker_context = where
         msg.set_decoder(_decode_payload)
         msg.clear_cache()  # a retry hands out this attempt's payload, not the previous one's
-        with (
-            self.context.scopes(((ENVELOPE_KEY, envelope), (BROKER_CONTEXT_KEY, where))),
-            lineage.processing_event(envelope) as run,
-        ):
+        with handling(state), lineage.processing_event(envelope) as run:
             self._run = run
             return await call_next(msg)
 
@@ -168,7 +185,7 @@ class _EnvelopeRuntime(BaseMiddleware[Any, Any]):
         msg.set_decoder(_decode_batch)
         msg.clear_cache()
         with ExitStack() as stack:
-            stack.enter_context(self.context.scopes(((ENVELOPES_KEY, batch), (BROKER_CONTEXT_KEY, where))))
+            stack.enter_context(handling(state))
             if state.envelope is not None:
                 self._run = stack.enter_context(lineage.processing_event(state.envelope))
             return await call_next(msg)

@@ -15,16 +15,14 @@ import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Any
 
 from fast_depends.dependencies import Dependant
 from fast_depends.library import CustomField
-from faststream.message import StreamMessage
 from pydantic import BaseModel
 
 from alpha_streaming._errors import ConfigError, EnvelopeError
-from middlewares._loop_context import LoopContext
-from middlewares._state import state_of
+from middlewares._state import current_state
 
 __all__ = ("HandlerKind", "HandlerSpec", "inspect_handler", "legacy_adapter")
 
@@ -118,13 +116,11 @@ def legacy_adapter(func: HandlerFunc) -> HandlerFunc:
     legacy handler's return value, as the original system did.
     """
 
-    async def legacy_handler(message: Annotated[StreamMessage[Any], LoopContext("message")]) -> None:
-        envelope = state_of(message).envelope
-        if envelope is None:
+    async def legacy_handler() -> None:  # no injected parameter: nothing for fast_depends to solve
+        state = current_state()
+        if state is None or state.envelope is None or state.broker_context is None:
             raise EnvelopeError("no validated envelope for this message; is EnvelopeMiddleware installed?")
-        where = state_of(message).broker_context
-        topic = where.topic if where is not None else str(getattr(message.raw_message, "topic", ""))
-        await func(envelope.model_dump(mode="json"), topic)
+        await func(state.envelope.model_dump(mode="json"), state.broker_context.topic)
 
     legacy_handler.__name__ = getattr(func, "__name__", "legacy_handler")
     legacy_handler.__qualname__ = getattr(func, "__qualname__", legacy_handler.__name__)

@@ -10,10 +10,10 @@ import asyncio
 import dataclasses
 import uuid
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Any
 
 import pytest
-from faststream import AckPolicy, BaseMiddleware, Context
+from faststream import AckPolicy, BaseMiddleware
 from faststream.kafka import KafkaBroker, KafkaMessage, KafkaPublishMessage, TestKafkaBroker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,12 +27,12 @@ from alpha_streaming._errors import ConfigError, EnvelopeError
 from alpha_streaming._ids import child_id
 from alpha_streaming._topics import BrokerContext
 from middlewares._envelope import (
-    ENVELOPE_KEY,
     CurrentBrokerContext,
     CurrentEnvelope,
     CurrentEnvelopes,
     EnvelopeMiddleware,
 )
+from middlewares._state import current_state
 from tests.support import Spy
 
 SOURCE = "risk-manager"
@@ -256,19 +256,17 @@ async def test_injection_does_not_leak_into_the_next_message() -> None:
     other = KafkaBroker()  # no envelope middleware on this one
 
     @other.subscriber("paper.plain", group_id="g2")
-    async def plain(
-        body: dict[str, Any], envelope: Annotated[Any, Context(ENVELOPE_KEY, default=None)]
-    ) -> None:
+    async def plain(body: dict[str, Any], envelope: CurrentEnvelope) -> None:
         seen.append(envelope)
 
     async with TestKafkaBroker(broker) as br, TestKafkaBroker(other) as ob:
         await br.publish({"a": 1}, TOPIC)
-        assert broker.context.get_local(ENVELOPE_KEY) is None
+        assert current_state() is None
         assert lineage.current_event() is None
-        await ob.publish({"b": 2}, "paper.plain")
-    assert len(seen) == 2
+        with pytest.raises(EnvelopeError, match="is EnvelopeMiddleware installed"):
+            await ob.publish({"b": 2}, "paper.plain")
+    assert len(seen) == 1
     assert isinstance(seen[0], str)
-    assert seen[1] is None
 
 
 @pytest.mark.parametrize(
@@ -509,19 +507,28 @@ async def test_the_handler_gets_the_payload_parsed_with_the_envelope_not_parsed_
     assert EventEnvelope.from_bytes(raw) == sent, "msg.body stays the record's bytes"
 
 
-async def test_injected_envelope_and_context_are_resolved_without_a_worker_thread(
+async def test_injected_envelope_and_context_are_resolved_without_a_worker_thread_or_task_group(
     wire: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import anyio
+    import fast_depends.core.model
     import fast_depends.utils
 
     hops: list[Any] = []
+    groups: list[Any] = []
     threaded = fast_depends.utils.run_in_threadpool
+    task_group = anyio.create_task_group
 
     async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
         hops.append(func)
         return await threaded(func, *args, **kwargs)
 
+    def counted_group() -> Any:
+        groups.append(1)
+        return task_group()
+
     monkeypatch.setattr(fast_depends.utils, "run_in_threadpool", counting)
+    monkeypatch.setattr(fast_depends.core.model.anyio, "create_task_group", counted_group)
     broker = make_broker()
     got: list[Any] = []
 
@@ -534,3 +541,4 @@ async def test_injected_envelope_and_context_are_resolved_without_a_worker_threa
         await br.publish(sent, TOPIC)
     assert got == [("order.filled", TOPIC)]
     assert hops == [], "FastStream's plain Context would run each lookup in a worker thread"
+    assert groups == [], "a Context field makes fast_depends open a task group per message"

@@ -399,3 +399,32 @@ def test_the_broker_connects_where_the_tier_settings_say() -> None:
     settings = Settings(redpanda=RedpandaSettings(bootstrap_servers="kafka-a:9092,kafka-b:9092"))
     broker = EnhancedTier("svc", settings=settings, metrics=False).broker()
     assert broker._connection_kwargs["bootstrap_servers"] == ["kafka-a:9092", "kafka-b:9092"]
+
+
+# ---------------------------------------------------------------- install: the startup heap
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+async def test_install_freezes_the_startup_heap_once_the_app_started_unless_told_not_to(
+    freeze: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from middlewares._heap import freeze_startup_heap
+
+    calls: list[str] = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or 0)
+    freeze_startup_heap.cache_clear()
+    tier = EnhancedTier(SERVICE, metrics=False, consumer=ConsumerSettings(freeze_startup_heap=freeze))
+    broker = tier.broker()
+
+    @broker.subscriber(FILLS, group_id="g")
+    async def handle(body: Any) -> None: ...
+
+    app = tier.install(FastStream(broker))
+    async with TestKafkaBroker(broker), TestApp(app):
+        assert calls == (["collect", "freeze"] if freeze else [])
+    async with TestKafkaBroker(broker), TestApp(app):  # a second start: once per process
+        assert calls == (["collect", "freeze"] if freeze else [])
+    freeze_startup_heap.cache_clear()
