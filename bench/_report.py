@@ -24,6 +24,7 @@ import psutil
 import redis.asyncio as aioredis
 
 from bench._common import Table
+from bench._scorecard import scorecard
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {
@@ -128,6 +129,7 @@ def markdown(
         "enhanced >= 0.8x plain (single and batch); consume -> produce >= 0.5x plain; concurrency=64 "
         ">= 3,000 msg/s; latency p99 <= 10 ms at 1k msg/s. bench/README.md describes each method.",
         "",
+        scorecard(sections).markdown(),
     ]
     for name, tables in sections.items():
         sources = " + ".join(f"`bench/{module}.py`" for module in (modules or {}).get(name, [name]))

@@ -4,7 +4,8 @@ A producer in a separate OS process sends at a fixed rate on a schedule (it neve
 acks before the next send), stamping each record with its wall-clock send time in a header
 (`time.time_ns()`); the handler subtracts that from its own `time.time_ns()` (one machine, one
 clock). The first second of each run is warm-up and not counted. Every rate and variant gets a
-fresh 3-partition topic and a fresh consumer group; the service joins before sending starts.
+fresh 3-partition topic, a fresh consumer group and a fresh process (a deployed service's heap,
+not the benchmark runner's); the service joins before sending starts.
 
 Variants:
 - `plain`: a FastStream subscriber, no middlewares, ACK_FIRST (aiokafka auto-commit).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 import time
@@ -231,28 +233,59 @@ async def run(args: argparse.Namespace) -> list[Table]:
     table = Table(f"produce -> handler latency, open loop, {timing.send_s:g} s per run", COLUMNS)
     # The built service logs two INFO lines per message through FastStream's access logger (the
     # plain broker has none): not what is measured here.
-    logging.disable(logging.INFO)
-    redis = aioredis.Redis.from_url(args.redis_url)
-    try:
-        async with topics(args.bootstrap, partitions=PARTITIONS) as new_topic:
-            for rate in RATES:
-                for variant in (PLAIN, DEFAULTS, CONCURRENT):
-                    topic = await new_topic(f"latency-{rate}")
-                    table.rows.append(await measure(variant, rate, topic, timing, args.bootstrap, redis))
-    finally:
-        await redis.aclose()
-        logging.disable(logging.NOTSET)
+    async with topics(args.bootstrap, partitions=PARTITIONS) as new_topic:
+        for rate in RATES:
+            for variant in (PLAIN, DEFAULTS, CONCURRENT):
+                topic = await new_topic(f"latency-{rate}")
+                table.rows.append(await _in_own_process(variant, rate, topic, timing, args))
     table.notes += [
         f"first {timing.warmup_s:g} s of each run not counted; `backlog at end` = sent - handled when "
         f"sending stopped; then up to {timing.drain_s:g} s to drain",
-        "producer: the project's settings (idempotent, acks=all, linger_ms=5), in its own process",
+        "producer: the project's settings (idempotent, acks=all, linger_ms=5), in its own process; "
+        "each consumer too (a fresh process per run, as a deployed service runs: the garbage "
+        "collector's passes then walk that service's heap, not the benchmark runner's)",
         "`kept up` = NO when a variant handled < 95% of what was sent by the time sending stopped, or "
         "did not drain the rest in time: its latencies then grow with the run length",
     ]
     return [table]
 
 
+async def _in_own_process(
+    variant: str, rate: int, topic: str, timing: Timing, args: argparse.Namespace
+) -> dict[str, Any]:
+    """`measure` in a fresh process: its result is the JSON line it prints last."""
+    spec = [variant, str(rate), topic, str(timing.send_s), str(timing.warmup_s), str(timing.drain_s)]
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.latency", "measure", *spec, args.bootstrap, args.redis_url,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await child.communicate()
+    if child.returncode != 0 or not out.strip():
+        raise RuntimeError(
+            f"latency run {variant} at {rate}/s failed (exit {child.returncode}); see its stderr"
+        )
+    result: dict[str, Any] = json.loads(out.splitlines()[-1])
+    return result
+
+
+async def _measure_here(argv: list[str]) -> None:
+    variant, rate, topic, send_s, warmup_s, drain_s, bootstrap, redis_url = argv
+    # The built service logs two INFO lines per message through FastStream's access logger (the
+    # plain broker has none): not what is measured here.
+    logging.disable(logging.INFO)
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        timing = Timing(float(send_s), float(warmup_s), float(drain_s))
+        print(json.dumps(await measure(variant, int(rate), topic, timing, bootstrap, redis)), flush=True)
+    finally:
+        await redis.aclose()
+
+
 if __name__ == "__main__":
-    # The paced producer's process: `python -m bench.latency BOOTSTRAP TOPIC RATE SECONDS`.
+    # `python -m bench.latency measure VARIANT RATE TOPIC SEND_S WARMUP_S DRAIN_S BOOTSTRAP REDIS_URL`:
+    # one consumer run; `python -m bench.latency BOOTSTRAP TOPIC RATE SECONDS`: the paced producer.
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    asyncio.run(pace(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))
+    if sys.argv[1] == "measure":
+        asyncio.run(_measure_here(sys.argv[2:]))
+    else:
+        asyncio.run(pace(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench._scorecard import TARGETS
 from tests.conftest import Endpoints
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,6 +82,12 @@ def test_quick_report_writes_every_section_with_numbers_a_json_and_a_png(
         assert rows, f"section {name} has no table rows"
         for row in rows:
             assert any(NUMBER.match(cell) for cell in row[1:]), f"{name}: no numeric cell in {row}"
+
+    # The issue 12 scorecard comes first: every target found in this run, met or missed.
+    card = report.split("### issue 12 targets, this run", 1)[1].split("\n## ", 1)[0]
+    verdicts = [row[-1] for row in table_rows(card)]
+    assert len(verdicts) == len(TARGETS)
+    assert set(verdicts) <= {"met", "MISSED"}, f"a target's row was not found in its section: {verdicts}"
 
     data = json.loads((tmp_path / "report.json").read_text())
     assert set(data) >= {"header", "sections", "seconds"}
