@@ -18,8 +18,8 @@ rest follows from `install`: at startup every subscriber's ack policy is checked
 (`concurrency`, `set_concurrency`) and each gets the revoke listener that finishes and commits
 the work of partitions a rebalance moves; before the broker stops, the records in flight finish
 and are committed while the consumers are still group members; after it stopped, the DLQ producer
-and the Prometheus endpoint are released. Once started, the startup heap is frozen out of the
-garbage collector's full passes (`_heap`). `StreamServiceBuilder` uses the same object.
+and the Prometheus endpoint are released. Once started, the garbage collector is tuned for a
+service (`_gc_tuning`). `StreamServiceBuilder` uses the same object.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from middlewares._dedup import DeduplicationMiddleware
 from middlewares._envelope import EnvelopeMiddleware
 from middlewares._error_routing import ErrorRoutingMiddleware
 from middlewares._exactly_once import checked_guarantee, exactly_once, read_committed, transactional_id
-from middlewares._heap import freeze_startup_heap
+from middlewares._gc_tuning import tune_garbage_collector
 from middlewares._metrics import MetricsMiddleware
 from middlewares._outputs import OutputsMiddleware
 from middlewares._pipeline import Pipeline, checked_concurrency
@@ -150,7 +150,7 @@ class EnhancedTier:
             if m is not None
         )
         self.listener = RevokeListener(self.routing, self.pipeline)
-        self._freeze_heap = consumer.freeze_startup_heap
+        self._tune_gc = consumer.tune_gc
 
     def broker(
         self, config: RedpandaSettings | None = None, *, outer: Sequence[Any] = (), **options: Any
@@ -180,8 +180,8 @@ class EnhancedTier:
         if self.transactions is not None:
             self.transactions.on_fenced = app.exit
         app.after_startup(self._watch_lag_on(app))
-        if self._freeze_heap:
-            app.after_startup(freeze_startup_heap)
+        if self._tune_gc:
+            app.after_startup(tune_garbage_collector)
         app.on_shutdown(self.drain)
         app.after_shutdown(self.close)
         return app

@@ -404,27 +404,30 @@ def test_the_broker_connects_where_the_tier_settings_say() -> None:
 # ---------------------------------------------------------------- install: the startup heap
 
 
-@pytest.mark.parametrize("freeze", [True, False])
-async def test_install_freezes_the_startup_heap_once_the_app_started_unless_told_not_to(
-    freeze: bool, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("tune", [True, False])
+async def test_install_tunes_the_garbage_collector_once_the_app_started_unless_told_not_to(
+    tune: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import gc
 
-    from middlewares._heap import freeze_startup_heap
+    from middlewares._gc_tuning import YOUNG_THRESHOLD, tune_garbage_collector
 
     calls: list[str] = []
     monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
     monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or 0)
-    freeze_startup_heap.cache_clear()
-    tier = EnhancedTier(SERVICE, metrics=False, consumer=ConsumerSettings(freeze_startup_heap=freeze))
+    monkeypatch.setattr(gc, "get_threshold", lambda: (700, 10, 10))
+    monkeypatch.setattr(gc, "set_threshold", lambda *t: calls.append(f"threshold {t}"))
+    tune_garbage_collector.cache_clear()
+    tier = EnhancedTier(SERVICE, metrics=False, consumer=ConsumerSettings(tune_gc=tune))
     broker = tier.broker()
 
     @broker.subscriber(FILLS, group_id="g")
     async def handle(body: Any) -> None: ...
 
     app = tier.install(FastStream(broker))
+    tuned = ["collect", "freeze", f"threshold {(YOUNG_THRESHOLD, 10, 10)}"] if tune else []
     async with TestKafkaBroker(broker), TestApp(app):
-        assert calls == (["collect", "freeze"] if freeze else [])
+        assert calls == tuned
     async with TestKafkaBroker(broker), TestApp(app):  # a second start: once per process
-        assert calls == (["collect", "freeze"] if freeze else [])
-    freeze_startup_heap.cache_clear()
+        assert calls == tuned
+    tune_garbage_collector.cache_clear()
