@@ -85,7 +85,7 @@ def test_quick_report_writes_every_section_with_numbers_a_json_and_a_png(
 
     # The issue 12 scorecard comes first: every target found in this run, met or missed.
     card = report.split("### issue 12 targets, this run", 1)[1].split("\n## ", 1)[0]
-    verdicts = [row[-1] for row in table_rows(card)]
+    verdicts = [row[3] for row in table_rows(card)]  # figure, target, measured, verdict, bound
     assert len(verdicts) == len(TARGETS)
     assert set(verdicts) <= {"met", "MISSED"}, f"a target's row was not found in its section: {verdicts}"
 
