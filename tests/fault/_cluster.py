@@ -21,9 +21,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    GroupCoordinatorNotAvailableError,
+    NotCoordinatorError,
+)
 from redis.asyncio import Redis
 
 from tests.fault._harness import REPO, Effect
+
+COORDINATOR_NOT_READY = (
+    GroupCoordinatorNotAvailableError,
+    CoordinatorLoadInProgressError,
+    NotCoordinatorError,
+)
 
 CLUSTER_SCRIPT = REPO / "scripts" / "cluster.sh"
 CLUSTER_KAFKA = "127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094"
@@ -160,11 +171,18 @@ class ClusterStack:
         )
 
     async def group_state(self, group: str) -> tuple[str, int]:
-        """The consumer group's state (Stable, PreparingRebalance, ...) and how many members it has."""
+        """The consumer group's state (Stable, PreparingRebalance, ...) and how many members it has.
+
+        On a cluster that just started, the group's coordinator may not be elected yet (the
+        first group request creates `__consumer_offsets`, RF 3): that is "no coordinator yet",
+        not an error; the caller's wait decides how long that may last.
+        """
         admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka, request_timeout_ms=15_000)
         await admin.start()
         try:
             (response,) = await admin.describe_consumer_groups([group])
+        except COORDINATOR_NOT_READY:
+            return "no coordinator yet", 0
         finally:
             await admin.close()
         _error, _group, state, _protocol_type, _protocol, members, *_ = response.groups[0]
