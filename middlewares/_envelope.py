@@ -48,7 +48,7 @@ from alpha_streaming import _serialization as serialization
 from alpha_streaming._envelope import EnvelopeHeaders, EventEnvelope
 from alpha_streaming._errors import ConfigError, EnvelopeError
 from alpha_streaming._topics import BrokerContext, broker_from_topic
-from middlewares._state import MessageState, current_state, handling, state_of
+from middlewares._state import handled, handling, state_of
 
 if TYPE_CHECKING:
     from faststream._internal.basic_types import AsyncFuncAny
@@ -65,15 +65,8 @@ __all__ = (
 )
 
 
-def _handled() -> MessageState:
-    state = current_state()
-    if state is None:
-        raise EnvelopeError("no message is being handled here; is EnvelopeMiddleware installed?")
-    return state
-
-
 async def _current_envelope() -> EventEnvelope:
-    envelope = _handled().envelope
+    envelope = handled().envelope
     if envelope is None:
         raise EnvelopeError(
             "CurrentEnvelope is for single-message subscribers; a batch takes CurrentEnvelopes"
@@ -82,12 +75,12 @@ async def _current_envelope() -> EventEnvelope:
 
 
 async def _current_envelopes() -> tuple[EventEnvelope, ...]:
-    return _handled().batch_envelopes
+    return handled().batch_envelopes
 
 
 async def _current_broker_context() -> BrokerContext:
-    where = _handled().broker_context
-    assert where is not None  # set together with the envelope(s)
+    where = handled().broker_context
+    assert where is not None  # `handled` checked it
     return where
 
 

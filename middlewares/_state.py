@@ -8,8 +8,6 @@ Inner middlewares record what happened (outcome, attempts, envelope); outer ones
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,9 +16,10 @@ from typing import Any
 from faststream.message import StreamMessage
 
 from alpha_streaming._envelope import EventEnvelope
+from alpha_streaming._errors import EnvelopeError
 from alpha_streaming._topics import BrokerContext
 
-__all__ = ("MessageState", "Outcome", "current_state", "handling", "state_of")
+__all__ = ("MessageState", "Outcome", "current_state", "handled", "handling", "state_of")
 
 _ATTRIBUTE = "_alpha_state"
 
@@ -69,15 +68,29 @@ def current_state() -> MessageState | None:
     return _current.get()
 
 
-@contextmanager
-def handling(state: MessageState) -> Iterator[None]:
+def handled() -> MessageState:
+    """`current_state()`, or an `EnvelopeError` saying the envelope middleware is missing."""
+    state = _current.get()
+    if state is None or state.broker_context is None:
+        raise EnvelopeError("no validated envelope for this message; is EnvelopeMiddleware installed?")
+    return state
+
+
+class handling:  # used like a function: `with handling(state):`
     """Make `state` the current message's for the block: what `CurrentEnvelope` and co. read.
 
     A context variable, not FastStream's context: a `Context(...)` parameter makes fast_depends
-    open an anyio task group per message (~30 µs on the bench machine, bench/README.md).
+    open an anyio task group per message (~30 µs on the bench machine, bench/README.md). A class
+    with slots, not a generator: it is entered once per message.
     """
-    token = _current.set(state)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+
+    __slots__ = ("_state", "_token")
+
+    def __init__(self, state: MessageState) -> None:
+        self._state = state
+
+    def __enter__(self) -> None:
+        self._token = _current.set(self._state)
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self._token)

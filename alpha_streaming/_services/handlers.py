@@ -21,8 +21,8 @@ from fast_depends.dependencies import Dependant
 from fast_depends.library import CustomField
 from pydantic import BaseModel
 
-from alpha_streaming._errors import ConfigError, EnvelopeError
-from middlewares._state import current_state
+from alpha_streaming._errors import ConfigError
+from middlewares._state import handled
 
 __all__ = ("HandlerKind", "HandlerSpec", "inspect_handler", "legacy_adapter")
 
@@ -117,10 +117,10 @@ def legacy_adapter(func: HandlerFunc) -> HandlerFunc:
     """
 
     async def legacy_handler() -> None:  # no injected parameter: nothing for fast_depends to solve
-        state = current_state()
-        if state is None or state.envelope is None or state.broker_context is None:
-            raise EnvelopeError("no validated envelope for this message; is EnvelopeMiddleware installed?")
-        await func(state.envelope.model_dump(mode="json"), state.broker_context.topic)
+        state = handled()
+        envelope, where = state.envelope, state.broker_context
+        assert envelope is not None and where is not None  # a single message, checked by `handled`
+        await func(envelope.model_dump(mode="json"), where.topic)
 
     legacy_handler.__name__ = getattr(func, "__name__", "legacy_handler")
     legacy_handler.__qualname__ = getattr(func, "__qualname__", legacy_handler.__name__)
