@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 # crash it expires, and its new owner waits that long for it).
 MIN_LOOKAHEAD = 64
 LOOKAHEAD_PER_SLOT = 4
+# Once the lookahead is full, admission resumes when this share of it is free again: the records
+# admitted then start in one loop turn, so their dedup claims share one Redis call. Refilled one
+# record at a time, each claim was a call of its own (at `concurrency=1`, two calls per record).
+REFILL_SHARE = 4
 # How long one fetch waits for the first record (it takes everything fetched by then: a bounded
 # amount per partition, `max_partition_fetch_bytes`).
 FETCH_WAIT_MS = 500
@@ -178,7 +182,8 @@ class _Lane:
         self.consume = subscriber.consume
         self.by_key = concurrency > 1
         self.slots = asyncio.Semaphore(concurrency)
-        self.room = asyncio.Semaphore(max(MIN_LOOKAHEAD, LOOKAHEAD_PER_SLOT * concurrency))
+        lookahead = max(MIN_LOOKAHEAD, LOOKAHEAD_PER_SLOT * concurrency)
+        self.room = Room(lookahead, refill=lookahead // REFILL_SHARE)
         self.last: dict[Any, Ticket] = {}
         self.tickets: set[Ticket] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -266,3 +271,27 @@ class _Lane:
                 ticket.go_stale()
                 if not ticket.entered:
                     ticket.superseded = True
+
+
+class Room:
+    """The lookahead's free places; once full, it opens again only when `refill` places are free."""
+
+    __slots__ = ("_opened", "_refill", "free")
+
+    def __init__(self, size: int, *, refill: int = 1) -> None:
+        self.free = size
+        self._refill = max(1, refill)
+        self._opened: asyncio.Event | None = None
+
+    async def acquire(self) -> None:
+        while self._opened is not None:  # filled up, and not refilled yet
+            await self._opened.wait()
+        self.free -= 1
+        if self.free == 0:
+            self._opened = asyncio.Event()
+
+    def release(self) -> None:
+        self.free += 1
+        if self._opened is not None and self.free >= self._refill:
+            self._opened.set()
+            self._opened = None

@@ -117,7 +117,7 @@ def _dump_tasks() -> None:
                 assigned = sorted(tp.partition for tp in consumer.assignment()) if consumer else None
                 lines.append(
                     f"lane: assigned={assigned} gone={sorted(lane.gone)} rewound={lane.rewound} "
-                    f"tickets={len(lane.tickets)} room={lane.room._value} fetched={len(lane.fetched)}"
+                    f"tickets={len(lane.tickets)} room={lane.room.free} fetched={len(lane.fetched)}"
                 )
         elif isinstance(thing, CommitWindow):
             for by_number in thing._partitions.values():

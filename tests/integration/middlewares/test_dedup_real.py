@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -85,6 +86,37 @@ async def test_the_same_event_published_twice_runs_once(
     assert handled == [twice.id, other.id]
     assert [s.outcome for s in spy.states] == [Outcome.PROCESSED, Outcome.DEDUPLICATED, Outcome.PROCESSED]
     assert lag == 0  # the duplicate was committed too
+
+
+async def test_a_backlog_at_concurrency_one_costs_about_one_redis_call_per_record(
+    kafka_bootstrap: str,
+    redis_client: aioredis.Redis,
+    new_topic: NewTopic,
+    unique: Callable[[str], str],
+) -> None:
+    """Each done marker is a call of its own (the honest window); the claims of the records
+    admitted together when the lookahead refills share one, instead of one call per record."""
+    topic, group = await new_topic(prefix="paper.dedupcalls"), unique("g")
+    spy = Spy()
+    tier, broker = service(kafka_bootstrap, spy, redis_client, unique("ns"))
+    records = 400
+
+    @broker.subscriber(topic, group_id=group, **SUBSCRIBE)
+    async def handle(body: dict[str, Any]) -> None:
+        pass
+
+    await send(kafka_bootstrap, topic, *((event(n), 0) for n in range(records)))
+    app = tier.install(FastStream(broker, logger=None))  # the app's startup pipelines the subscriber
+    await app.start()
+    try:
+        await eventually(lambda: len(spy.states) == records, "every record handled")
+    finally:
+        await app.stop()
+    assert tier.dedup is not None
+    assert [s.outcome for s in spy.states] == [Outcome.PROCESSED] * records
+    # One call per record for its done marker, plus one per refill of the lookahead (a quarter
+    # of it); refilled a record at a time, every claim was a call too (~2 per record).
+    assert records < tier.dedup.store.calls < records * 1.15, tier.dedup.store.calls
 
 
 async def test_a_duplicate_arriving_while_the_original_is_in_flight_runs_once(

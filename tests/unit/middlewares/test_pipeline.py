@@ -17,7 +17,7 @@ from alpha_streaming import ConfigError, StreamServiceBuilder
 from middlewares import EnhancedTier
 from middlewares._gate import Superseded, supersede_after
 from middlewares._low_water import CommitWindow
-from middlewares._pipeline import Pipeline
+from middlewares._pipeline import Pipeline, Room
 
 WINDOW = CommitWindow(object(), every=1_000, interval_s=60.0)  # never commits here
 
@@ -111,7 +111,7 @@ async def test_records_read_before_a_seek_back_are_stale_and_not_admitted_after_
     pipeline.set_concurrency(subscriber, 2)
     pipeline.attach(subscriber, default=1)
     lane = pipeline._lanes[subscriber]
-    lane.room = asyncio.Semaphore(3)  # a lookahead of three records
+    lane.room = Room(3)  # a lookahead of three records
     first, other_key, behind = record(0, 3, b"a"), record(0, 4, b"b"), record(0, 5, b"a")
     for rec in (first, other_key, behind):
         await subscriber.consume_one(rec)
@@ -176,7 +176,7 @@ async def test_a_record_waiting_for_room_when_shutdown_begins_is_not_admitted() 
     subscriber = StandIn()
     pipeline = Pipeline(begin=lambda consumer, recs: None)
     pipeline.attach(subscriber, default=1)
-    pipeline._lanes[subscriber].room = asyncio.Semaphore(1)  # a lookahead of one record
+    pipeline._lanes[subscriber].room = Room(1)  # a lookahead of one record
     await subscriber.consume_one(record(0, 2, None))
     waiting = asyncio.create_task(subscriber.consume_one(record(0, 3, None)))
     await subscriber.handler_started.wait()
@@ -210,3 +210,17 @@ def test_batch_subscribers_take_no_concurrency() -> None:
     broker = KafkaBroker()
     with pytest.raises(ConfigError, match="single-message subscribers"):
         tier.set_concurrency(broker.subscriber("t", group_id="g", batch=True), 4)
+
+
+async def test_a_full_lookahead_admits_again_only_once_its_refill_share_is_free() -> None:
+    room = Room(4, refill=2)
+    for _ in range(4):
+        await room.acquire()
+    waiting = asyncio.create_task(room.acquire())
+    room.release()
+    await asyncio.sleep(0)  # one loop turn: the waiter ran and found too little room
+    assert not waiting.done(), "one free place is below the refill share: admission waits"
+    room.release()
+    await waiting
+    await room.acquire()  # the refill's second place
+    assert room.free == 0
