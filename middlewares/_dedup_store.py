@@ -47,16 +47,24 @@ def lease_key(prefix: str, event_id: str) -> str:
 class _Call:
     """The requests of one turn for one group, and the futures of those who joined it."""
 
-    keys: list[str] = field(default_factory=list)
-    args: list[bytes | str | int] = field(default_factory=list)
+    events: list[bytes] = field(default_factory=list)
+    ids: list[bytes] = field(default_factory=list)
+    requests: list[bytes | str | int] = field(default_factory=list)
     joined: list[tuple[asyncio.Future[list[int]], int, int]] = field(default_factory=list)
 
-    def add(self, prefix: str, op: str, event_ids: list[str], owner: str) -> tuple[int, int]:
-        start = len(self.keys)
+    def add(self, op: str, event_ids: list[str], owner: str) -> tuple[int, int]:
+        start = len(self.events)
         for event_id in event_ids:
-            self.keys.append(lease_key(prefix, event_id))
-            self.args += (op, owner, compact_id(event_id))
-        return start, len(self.keys)
+            encoded = event_id.encode()
+            self.events.append(encoded)
+            self.ids.append(blake2b(encoded, digest_size=16).digest())
+        self.requests += (op, owner, len(event_ids))
+        return start, len(self.events)
+
+    def arguments(self) -> list[bytes | str | int]:
+        """The ids, the event ids and their lengths, each as one argument; then the requests."""
+        lengths = ",".join([str(len(e)) for e in self.events])
+        return [b"".join(self.ids), b"".join(self.events), lengths, *self.requests]
 
 
 class DedupStore:
@@ -105,12 +113,12 @@ class DedupStore:
             self._open, self._loop = {}, loop  # calls left open on a closed loop are dropped
         call = self._open.get(prefix)
         if call is not None:  # a call of this turn is open: join it
-            start, end = call.add(prefix, op, event_ids, owner)
+            start, end = call.add(op, event_ids, owner)
             future: asyncio.Future[list[int]] = loop.create_future()
             call.joined.append((future, start, end))
             return await future
         call = self._open[prefix] = _Call()
-        start, end = call.add(prefix, op, event_ids, owner)
+        start, end = call.add(op, event_ids, owner)
         try:
             await asyncio.sleep(0)  # one turn of the loop: the other messages' requests join
         except asyncio.CancelledError:
@@ -129,16 +137,11 @@ class DedupStore:
 
     async def _send(self, prefix: str, call: _Call) -> list[int]:
         now_ms = int(self._clock() * 1000)
-        head: list[bytes | str | int] = [
-            now_ms,
-            self.lease_ms,
-            self.window_ms,
-            self.span_ms,
-            prefix + MARKERS,
-        ]
+        window = [self.lease_ms, self.window_ms, self.span_ms]
+        head: list[bytes | str | int] = [now_ms, *window, prefix + MARKERS]
         self.calls += 1
         try:
-            answers: list[int] = await self._script([prefix + MARKERS + "m", *call.keys], head + call.args)
+            answers: list[int] = await self._script([prefix + MARKERS + "m"], head + call.arguments())
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else _Interrupted("the dedup call was interrupted")
             for future, _, _ in call.joined:

@@ -45,6 +45,31 @@ def store_on(redis: FakeAsyncRedis, clock: Clock | None = None, lease_ms: int = 
     return DedupStore(script, lease_ms=lease_ms, window_ms=WINDOW_MS, clock=clock or Clock())
 
 
+async def test_a_call_has_a_fixed_number_of_arguments_whatever_its_number_of_events(
+    redis: FakeAsyncRedis,
+) -> None:
+    """Packing a command costs the client per argument: 4 per event made a 500-event batch 2,000."""
+    script, _renew = register_lease_scripts(redis)
+    sent: list[tuple[list[Any], list[Any]]] = []
+
+    async def recording(keys: list[Any], args: list[Any]) -> Any:
+        sent.append((keys, args))
+        return await script(keys, args)
+
+    store = DedupStore(recording, lease_ms=30_000, window_ms=WINDOW_MS, clock=Clock())  # type: ignore[arg-type]
+    ids = [f"e{n}" for n in range(500)]
+    first, second = await asyncio.gather(store.claim(PREFIX, ids, "o1"), store.claim(PREFIX, ["#x"], "o2"))
+    assert first == [CLAIMED] * 500 and second == [CLAIMED]
+    [(keys, args)] = sent
+    assert keys == [PREFIX + "#m"], "the group's meta hash; the script names the leases itself"
+    # The head, the compact ids, the event ids, their lengths, then (op, owner, count) per request.
+    assert len(args) == 5 + 3 + 3 * 2
+    assert args[5] == b"".join(compact_id(i) for i in [*ids, "#x"])
+    leases = {key.decode() for key in await byte_keys(redis) if b"#" not in key.removeprefix(PREFIX.encode())}
+    assert leases == {lease_key(PREFIX, i) for i in ids}
+    assert await redis.get(lease_key(PREFIX, "#x")) == b"o2", "an id like a marker key is moved aside"
+
+
 async def test_claims_of_one_turn_go_out_in_one_script_call_and_each_gets_its_answers(
     redis: FakeAsyncRedis,
 ) -> None:
