@@ -95,31 +95,40 @@ class Commits:
             await window.flush()
 
     async def rewind(
-        self, consumer: Any, claim: Claim | None, records: Collection[ConsumerRecord[Any, Any]]
+        self,
+        consumer: Any,
+        claim: Claim | None,
+        records: Collection[ConsumerRecord[Any, Any]],
+        *,
+        batch: bool = False,
     ) -> None:
         """The records stay unfinished: commit what is finished below them, then seek back to them.
 
         The seek is what lets a later record lift the hold (`CommitWindow.begin`), so it is made
         whatever the commit did. A stale claim never seeks: its partition is read again from an
         earlier offset already (or from its last commit, after a rebalance during the commit),
-        and a seek to it would skip the records in between.
+        and a seek to it would skip the records in between; neither does a `batch` on the
+        partitions the batch before it sought back below it.
         """
         if claim is None:
             return
-        claim.window.unfinished(claim)
+        window, offsets = claim.window, first_offsets(records)
+        if batch:  # a partition the batch before it sought back below it is read again from there
+            offsets = {tp: offset for tp, offset in offsets.items() if not window.held_below(tp, offset)}
+        window.unfinished(claim)
         if claim.stale:
             return
         try:
             if self.commit is None:
-                await claim.window.flush()
+                await window.flush()
         except Exception as exc:  # the hold keeps later commits below the records
             log.warning("commit before a seek failed (%s: %s)", type(exc).__name__, exc)
         if claim.stale:
             return
         try:
-            for tp, offset in first_offsets(records).items():
+            for tp, offset in offsets.items():
                 consumer.seek(tp, offset)
-                claim.window.sought(tp, offset)
+                window.sought(tp, offset)
         except Exception as exc:  # e.g. the consumer stops; the hold still keeps commits below them
             log.warning("seek back failed (%s: %s)", type(exc).__name__, exc)
 

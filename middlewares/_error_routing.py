@@ -160,8 +160,8 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
                 state.error = exc
                 await self._redeliver(state, exc)
                 raise AckMessage() from exc
-            except Superseded:
-                self._superseded(state)
+            except Superseded as exc:
+                await self._superseded(state, seek=exc.seek)
                 raise AckMessage() from None
             except Exception as exc:
                 # `NackMessage` is "not now": a transient failure. `RejectMessage` is "never":
@@ -184,8 +184,8 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
                     continue
                 try:
                     await wait_turn(self._records)
-                except Superseded:
-                    self._superseded(state)
+                except Superseded as superseded:
+                    await self._superseded(state, seek=superseded.seek)
                     raise AckMessage() from None
                 await self._dead_letter(state, exc, attempt)
                 raise AckMessage() from exc
@@ -239,8 +239,8 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
         state = MessageState(attempts=1)
         try:
             await wait_turn(records)
-        except Superseded:
-            self._superseded(state)
+        except Superseded as superseded:
+            await self._superseded(state, seek=superseded.seek)
             return True
         await self._dead_letter(state, exc, 1)
         for record in records:
@@ -250,11 +250,15 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
             await self._commit_quietly()
         return True
 
-    def _superseded(self, state: MessageState) -> None:
+    async def _superseded(self, state: MessageState, *, seek: bool = False) -> None:
         """An earlier record of the partition was sought back to (this one is read again after
-        it), or a revoke or shutdown left it unstarted (held: nothing commits past it)."""
+        it), or a revoke or shutdown left it unstarted (held: nothing commits past it). With
+        `seek`, its own partitions are sought back to it too (those not read again already)."""
         state.outcome = Outcome.REDELIVER
         self._suppress = True
+        if seek:
+            await self._rewind()
+            return
         claim, self._claim = self._claim, None
         if claim is not None:
             claim.window.unfinished(claim)
@@ -316,7 +320,8 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
     async def _rewind(self) -> None:  # at most once per message: the claim is given up here
         claim, self._claim = self._claim, None
         supersede_after(self._records)
-        await self._config.commits.rewind(self._consumer, claim, self._records)
+        batch = isinstance(self.msg, list | tuple)
+        await self._config.commits.rewind(self._consumer, claim, self._records, batch=batch)
 
     def _begin(self, records: tuple[ConsumerRecord[Any, Any], ...]) -> Claim | None:
         """The pipeline took a single record into the commit window at admission, in fetch order."""

@@ -1,7 +1,8 @@
 """The pipeline's gate: a record's turn among its key's records, and its handler slot.
 
 `Ticket`s are made by the pipeline (`_pipeline`) when it admits a record and ride on the record;
-the gate middleware (between dedup and outputs) makes the handler wait for the ticket's turn;
+a batch's records carry its `BatchTurn` (`_batch_lane`); the gate middleware (between dedup and
+outputs) makes the handler wait for the ticket's or the batch's turn;
 error routing reads it too: the record's commit claim (`take_claim`), its turn before a
 dead-letter write (`wait_turn`), and a seek-back that supersedes later records (`supersede_after`).
 """
@@ -23,8 +24,10 @@ if TYPE_CHECKING:
     from middlewares._low_water import Claim
 
 __all__ = (
+    "BATCH_ATTRIBUTE",
     "TICKET_ATTRIBUTE",
     "Barrier",
+    "BatchTurn",
     "GateMiddleware",
     "Superseded",
     "Ticket",
@@ -36,6 +39,7 @@ __all__ = (
 )
 
 TICKET_ATTRIBUTE = "_alpha_ticket"
+BATCH_ATTRIBUTE = "_alpha_batch"
 
 
 class Lane(Protocol):
@@ -63,7 +67,14 @@ class Barrier(Protocol):
 
 
 class Superseded(Exception):
-    """An earlier record of the partition was sought back to: this one is read again after it."""
+    """An earlier record of the partition was sought back to: this one is read again after it.
+
+    `seek`: the message must seek back to its own records too (a batch after one that was
+    sought back: its other partitions were not)."""
+
+    def __init__(self, message: str, *, seek: bool = False) -> None:
+        super().__init__(message)
+        self.seek = seek
 
 
 class Ticket:
@@ -197,6 +208,45 @@ def supersede_after(records: Collection[Any]) -> None:
         ticket = _ticket_of(record)
         if ticket is not None and not ticket.stale:  # a stale one's partition was sought back below it
             ticket.lane.supersede(ticket.tp, ticket.offset)
+    if records and (turn := getattr(next(iter(records)), BATCH_ATTRIBUTE, None)) is not None:
+        turn.sought_back = True
+
+
+class BatchTurn:
+    """A batch's place behind the earlier batches of its subscriber (`_batch_lane`).
+
+    Its handler starts once the earlier batches' processing ended (done markers written: at most
+    one batch handler is unconfirmed), and not at all if one of them was sought back: then this
+    one seeks back to its own records and is read again after them."""
+
+    __slots__ = ("earlier", "handled", "sought_back", "task")
+
+    def __init__(self, earlier: tuple[BatchTurn, ...], handled: asyncio.Future[None]) -> None:
+        self.earlier = earlier
+        self.handled = handled
+        """Set when the handler succeeded (its outputs acknowledged): the next batch may be read."""
+        self.sought_back = False
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
+        earlier, self.earlier = self.earlier, ()
+        for turn in earlier:
+            if turn.task is not None and not turn.task.done():
+                await asyncio.wait((turn.task,))  # its outcome is its own
+        if any(turn.sought_back for turn in earlier):
+            self.sought_back = True
+            raise Superseded("a batch before this one was sought back", seek=True)
+        try:
+            result = await call_next(msg)
+        except AckMessage:
+            self._handled()
+            raise
+        self._handled()
+        return result
+
+    def _handled(self) -> None:
+        if not self.handled.done():
+            self.handled.set_result(None)
 
 
 class GateMiddleware:
@@ -215,9 +265,11 @@ class _Gate(BaseMiddleware[Any, Any]):
     __slots__ = ()
 
     async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
-        ticket = _ticket_of(msg.raw_message)
+        raw = msg.raw_message
+        ticket = _ticket_of(raw)
         if ticket is None:
-            return await call_next(msg)
+            turn = getattr(raw[0], BATCH_ATTRIBUTE, None) if isinstance(raw, tuple | list) and raw else None
+            return await (call_next(msg) if turn is None else turn.run(call_next, msg))
         if not ticket.entered:  # a retry of this record keeps its turn and slot
             await ticket.enter()
         barrier = ticket.lane.barrier

@@ -157,6 +157,11 @@ class CommitWindow:
             if part.hold is None or offset < part.hold:
                 part.hold = offset
 
+    def held_below(self, tp: TopicPartition, offset: int) -> bool:
+        """`tp` was sought back below `offset`, and not read on past that yet."""
+        part = self._partitions.get(tp.topic, {}).get(tp.partition)
+        return part is not None and part.hold is not None and part.hold < offset
+
     def flush_soon(self) -> None:
         """Commit in the background (one commit at a time; a later request runs once more after it)."""
         if self._timer is not None:

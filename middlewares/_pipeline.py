@@ -30,6 +30,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from alpha_streaming._errors import ConfigError
+from middlewares._batch_lane import BatchLane, batch_subscriber
 from middlewares._gate import TICKET_ATTRIBUTE, Barrier, GateMiddleware, Ticket
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class Pipeline:
         self._begin = begin
         self.barrier = barrier
         self._lanes: dict[Any, _Lane] = {}
+        self._batches: dict[Any, BatchLane] = {}
         self._concurrency: dict[Any, int] = {}
         self.gate = GateMiddleware()
 
@@ -83,6 +85,11 @@ class Pipeline:
 
     def attach(self, subscriber: Any, default: int) -> None:
         """Pipeline `subscriber` (once; a restarted app keeps its lane)."""
+        if batch_subscriber(subscriber) and self.barrier is None and subscriber not in self._batches:
+            # (exactly-once: a transaction's batches are committed by the transaction, not overlapped)
+            batches = self._batches[subscriber] = BatchLane(subscriber)
+            subscriber.consume_one = batches.admit
+            return
         if subscriber in self._lanes or not _pipelinable(subscriber):
             return
         lane = _Lane(subscriber, self._concurrency.get(subscriber, default), self._begin)
@@ -112,6 +119,7 @@ class Pipeline:
             for tp in wanted:  # assigned again, a partition is read from its last commit
                 lane.rewound.pop(tp, None)
         tasks = [t.task for lane in self._lanes.values() for t in lane.tickets if t.tp in wanted]
+        tasks += [task for batches in self._batches.values() for task in batches.tasks]
         await _wait([task for task in tasks if task is not None], timeout_s, "revoked partitions")
         for lane in self._lanes.values():
             for ticket in lane.tickets:
@@ -136,17 +144,24 @@ class Pipeline:
             lane.fetched.clear()
             lane.rewound.clear()
             lane.leave_unstarted(lambda tp: True)
-        tasks = [task for lane in self._lanes.values() for task in lane.tasks]
-        await _wait(tasks, timeout_s, "shutdown")
+        for batches in self._batches.values():
+            batches.closing = True
+        await _wait(self._tasks(), timeout_s, "shutdown")
 
     async def close(self) -> None:
         """Cancel what still runs (it is read again: never committed) and forget the lanes."""
-        tasks = [task for lane in self._lanes.values() for task in lane.tasks]
+        tasks = self._tasks()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for lane in self._lanes.values():
             lane.closing = False
+        for batches in self._batches.values():
+            batches.closing = False
+
+    def _tasks(self) -> list[asyncio.Task[None]]:
+        tasks = [task for lane in self._lanes.values() for task in lane.tasks]
+        return tasks + [task for batches in self._batches.values() for task in batches.tasks]
 
 
 def checked_concurrency(concurrency: int) -> int:

@@ -46,6 +46,7 @@ MAX_POLL_INTERVAL_S = 4.0
 SLOW_HANDLER_S = 6.0  # > MAX_POLL_INTERVAL_S: aiokafka leaves the group mid-handler
 
 MakeScenario = Callable[..., Scenario]
+BATCH_LEDGER_APP = "tests.fault.batch_ledger_service:app"
 
 
 async def test_sigkill_five_times_loses_nothing_and_repeats_at_most_the_events_in_flight(
@@ -63,9 +64,19 @@ async def test_sigkill_five_times_with_concurrency_64_repeats_at_most_64_per_kil
     await _sigkill_five_times(s, in_flight=64)
 
 
-async def _sigkill_five_times(s: Scenario, *, in_flight: int) -> None:
+async def test_sigkill_five_times_with_a_batch_subscriber_repeats_at_most_one_batch_per_kill(
+    scenario: MakeScenario,
+) -> None:
+    # Batches of up to 50: the next one is read and claimed while this one is confirmed, but
+    # its handler waits for that, so at most one batch is unconfirmed at a kill. No poison: one
+    # invalid record dead-letters its whole batch (the batch is the unit of failure).
+    s = scenario("sigkill_batch", app=BATCH_LEDGER_APP, FAULT_BATCH="50")
+    await _sigkill_five_times(s, in_flight=50, poison_every=0)
+
+
+async def _sigkill_five_times(s: Scenario, *, in_flight: int, poison_every: int = POISON_EVERY) -> None:
     await s.create_topics()
-    events = make_events(N, poison_every=POISON_EVERY)
+    events = make_events(N, poison_every=poison_every)
     await publish(s.stack.kafka, s.topic, events)
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)

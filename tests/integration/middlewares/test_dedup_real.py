@@ -20,7 +20,7 @@ from alpha_streaming._dlq import DeadLetter
 from alpha_streaming._errors import PermanentError
 from alpha_streaming._settings import DedupSettings, RedpandaSettings
 from alpha_streaming._topics import dlq_topic
-from middlewares._envelope import CurrentEnvelope
+from middlewares._envelope import CurrentEnvelope, CurrentEnvelopes
 from middlewares._retry import RetryPolicy
 from middlewares._state import Outcome
 from middlewares._tier import EnhancedTier
@@ -336,3 +336,43 @@ async def test_redis_stopped_mid_stream_pauses_and_resumes_losing_and_doubling_n
     assert lag == 0
     for e in during:
         assert await tier.dedup.marker(group, e.id) == "done"
+
+
+async def test_a_batch_subscriber_handles_each_batch_once_in_order_after_the_previous_one_is_done(
+    kafka_bootstrap: str,
+    kafka_admin: AIOKafkaAdminClient,
+    redis_client: aioredis.Redis,
+    new_topic: NewTopic,
+    unique: Callable[[str], str],
+) -> None:
+    """The next batch is read and claimed while this one's done markers are written (the batch
+    lane), but its handler starts only once every event of the batch before it is marked done."""
+    topic, group = await new_topic(partitions=3, prefix="paper.batchlane"), unique("g")
+    tier, broker = service(kafka_bootstrap, Spy(), redis_client, unique("ns"))
+    dedup = tier.dedup
+    assert dedup is not None
+    sent = [(event(n), n % 3) for n in range(900)]
+    handled: list[tuple[int, int]] = []  # (partition, n) in handling order
+    unconfirmed: list[str] = []
+    previous: list[str] = []
+
+    @broker.subscriber(topic, group_id=group, batch=True, max_records=50, **SUBSCRIBE)
+    async def handle(bodies: list[dict[str, Any]], envelopes: CurrentEnvelopes) -> None:
+        marks = [await dedup.marker(group, event_id) for event_id in previous]
+        unconfirmed.extend(i for i, mark in zip(previous, marks, strict=True) if mark != "done")
+        handled.extend((body["n"] % 3, body["n"]) for body in bodies)
+        previous[:] = [envelope.id for envelope in envelopes]
+
+    await send(kafka_bootstrap, topic, *sent)
+    app = tier.install(FastStream(broker, logger=None))
+    await app.start()
+    try:
+        await eventually(lambda: len(handled) >= len(sent), "every record handled")
+        lag = await lag_drains(kafka_admin, kafka_bootstrap, group, topic)
+    finally:
+        await app.stop()
+    assert unconfirmed == [], "a batch handler started before the previous batch was marked done"
+    assert sorted(n for _, n in handled) == list(range(len(sent))), "each record handled once"
+    for partition in range(3):
+        assert [n for p, n in handled if p == partition] == list(range(partition, len(sent), 3))
+    assert lag == 0
