@@ -69,8 +69,9 @@ TARGETS = (
         "single",
         "enhanced tier, default",
         _ratio(0.8),
-        "CPU, ~400 µs/msg: one Redis script call per record (the honest window at "
-        "concurrency=1), FastStream's per-message chain, the tier",
+        "CPU: one Redis round trip per record on the handler's path (the honest window at "
+        "concurrency=1: ~1/3 of a record's CPU, the loop idles and wakes per record), "
+        "FastStream's per-message chain, the tier",
     ),
     _Target(
         "enhanced stack on a batch subscriber",
@@ -79,8 +80,8 @@ TARGETS = (
         "batch",
         "enhanced tier, default",
         _ratio(0.8),
-        "Redis script time (~12 µs/event) and Python (~22 µs/event) one after the other: "
-        "the next batch waits for this one's done markers",
+        "Redis script time (~22-28 µs/event here) and the tier's CPU (~30 µs/event) overlap "
+        "only in part: the next batch's claim waits behind this one's done markers in Redis",
     ),
     _Target(
         "consume -> produce, the default linger 5 ms",
@@ -108,7 +109,7 @@ TARGETS = (
         "handler awaits",
         "builder, concurrency=64",
         _ordered_rate(3_000),
-        "CPU, ~250-300 µs/msg",
+        "CPU, ~250-450 µs/msg (machine-dependent)",
     ),
     _Target(
         "builder at 1k msg/s, defaults (concurrency=1)",
@@ -117,7 +118,8 @@ TARGETS = (
         "1000",
         "builder, defaults",
         _p99(10.0),
-        "a Redis round trip per record on the handler's path; unexplained 20-40 ms stalls",
+        "CPU: one record at a time with a Redis round trip each; with little headroom the "
+        "records queue at the gate (the 'stalls')",
     ),
     _Target(
         "builder at 1k msg/s, concurrency=16",
@@ -126,7 +128,7 @@ TARGETS = (
         "1000",
         "builder, concurrency=16",
         _p99(10.0),
-        "CPU; unexplained 20-40 ms stalls",
+        "CPU, ~250-450 µs/msg (machine-dependent)",
     ),
     _Target(
         "builder at 5k msg/s with concurrency (16)",
@@ -135,7 +137,7 @@ TARGETS = (
         "5000",
         "builder, concurrency=16",
         _kept_up,
-        "CPU, ~250-300 µs/msg",
+        "CPU, ~250-450 µs/msg (machine-dependent)",
     ),
     _Target(
         "direct consumer, commit(record) as documented",
@@ -188,5 +190,5 @@ def scorecard(sections: dict[str, list[Table]]) -> Table:
                 "bound": bound,
             }
         )
-    table.notes.append('the profiles behind each bound: bench/README.md, "Issue 12" parts 1 to 3')
+    table.notes.append('the profiles behind each bound: bench/README.md, "Issue 12" parts 1 to 4')
     return table
