@@ -13,12 +13,15 @@ a dead-letter write, a seek back) is waited for to its end before anything more 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from middlewares._gate import BATCH_ATTRIBUTE, BatchTurn
 
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
+
+    from middlewares._low_water import Claim
 
 __all__ = ("BatchLane", "batch_subscriber")
 
@@ -31,8 +34,13 @@ def batch_subscriber(subscriber: Any) -> bool:
 class BatchLane:
     """One batch subscriber's batch being confirmed and the one being prepared."""
 
-    def __init__(self, subscriber: Any) -> None:
+    def __init__(
+        self, subscriber: Any, begin: Callable[[Any, Collection[ConsumerRecord[Any, Any]]], Claim | None]
+    ) -> None:
+        """`begin(consumer, records)` takes records into the commit window (error routing's)."""
+        self.subscriber = subscriber
         self.consume = subscriber.consume
+        self._begin = begin
         self.last: BatchTurn | None = None
         self.live: set[BatchTurn] = set()
         """Batches whose processing has not ended."""
@@ -48,16 +56,26 @@ class BatchLane:
             await asyncio.Event().wait()  # the fetch loop stays here until the subscriber stops it
         loop = asyncio.get_running_loop()
         # Behind every batch still being processed, and the last one even if it ended: a seek
-        # back it made may have come after this batch was fetched.
+        # back it makes after this batch was read takes this batch back too.
         earlier = set(self.live)
         if self.last is not None:
-            self.last.earlier = ()  # it got past its gate, or ended: what it waited for is settled
+            self.last.earlier = self.last.watched = ()  # past its gate, or ended: settled
             earlier.add(self.last)
         turn = BatchTurn(tuple(earlier), loop.create_future())
-        for record in batch:
-            setattr(record, BATCH_ATTRIBUTE, turn)
-        task = turn.task = loop.create_task(self.consume(batch))
+        # Taken now, as it was read: a seek back made later holds commits below the batch, and a
+        # record taken later than that seek would lift the hold (`CommitWindow.begin`).
+        turn.claim = self._begin(self.subscriber.consumer, batch)
+        setattr(batch[0], BATCH_ATTRIBUTE, turn)  # error routing and the gate look at the first record
+        task = turn.task = loop.create_task(self._process(batch, turn))
         self.live.add(turn)
-        task.add_done_callback(lambda _: self.live.discard(turn))
         self.last = turn
         await asyncio.wait((task, turn.handled), return_when=asyncio.FIRST_COMPLETED)
+
+    async def _process(self, batch: tuple[ConsumerRecord[Any, Any], ...], turn: BatchTurn) -> None:
+        try:
+            await self.consume(batch)
+        finally:
+            self.live.discard(turn)
+            claim = turn.claim
+            if claim is not None and not turn.claim_taken:  # processing never began (e.g. stopped first)
+                claim.window.unfinished(claim)

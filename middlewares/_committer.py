@@ -95,26 +95,22 @@ class Commits:
             await window.flush()
 
     async def rewind(
-        self,
-        consumer: Any,
-        claim: Claim | None,
-        records: Collection[ConsumerRecord[Any, Any]],
-        *,
-        batch: bool = False,
+        self, consumer: Any, claim: Claim | None, records: Collection[ConsumerRecord[Any, Any]]
     ) -> None:
         """The records stay unfinished: commit what is finished below them, then seek back to them.
 
         The seek is what lets a later record lift the hold (`CommitWindow.begin`), so it is made
         whatever the commit did. A stale claim never seeks: its partition is read again from an
         earlier offset already (or from its last commit, after a rebalance during the commit),
-        and a seek to it would skip the records in between; neither does a `batch` on the
-        partitions the batch before it sought back below it.
+        and a seek to it would skip the records in between. For the same reason no partition is
+        sought forward past a seek back not read from yet (a batch behind one sought back).
         """
         if claim is None:
             return
-        window, offsets = claim.window, first_offsets(records)
-        if batch:  # a partition the batch before it sought back below it is read again from there
-            offsets = {tp: offset for tp, offset in offsets.items() if not window.held_below(tp, offset)}
+        window = claim.window
+        offsets = {
+            tp: offset for tp, offset in first_offsets(records).items() if not window.sought_below(tp, offset)
+        }
         window.unfinished(claim)
         if claim.stale:
             return

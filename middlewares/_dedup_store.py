@@ -55,9 +55,8 @@ class _Call:
     def add(self, op: str, event_ids: list[str], owner: str) -> tuple[int, int]:
         start = len(self.events)
         for event_id in event_ids:
-            encoded = event_id.encode()
-            self.events.append(encoded)
-            self.ids.append(blake2b(encoded, digest_size=16).digest())
+            self.events.append(event_id.encode())
+            self.ids.append(compact_id(event_id))
         self.requests += (op, owner, len(event_ids))
         return start, len(self.events)
 
@@ -137,8 +136,13 @@ class DedupStore:
 
     async def _send(self, prefix: str, call: _Call) -> list[int]:
         now_ms = int(self._clock() * 1000)
-        window = [self.lease_ms, self.window_ms, self.span_ms]
-        head: list[bytes | str | int] = [now_ms, *window, prefix + MARKERS]
+        head: list[bytes | str | int] = [
+            now_ms,
+            self.lease_ms,
+            self.window_ms,
+            self.span_ms,
+            prefix + MARKERS,
+        ]
         self.calls += 1
         try:
             answers: list[int] = await self._script([prefix + MARKERS + "m"], head + call.arguments())

@@ -320,12 +320,11 @@ class _ErrorRouting(BaseMiddleware[Any, Any]):
     async def _rewind(self) -> None:  # at most once per message: the claim is given up here
         claim, self._claim = self._claim, None
         supersede_after(self._records)
-        batch = isinstance(self.msg, list | tuple)
-        await self._config.commits.rewind(self._consumer, claim, self._records, batch=batch)
+        await self._config.commits.rewind(self._consumer, claim, self._records)
 
     def _begin(self, records: tuple[ConsumerRecord[Any, Any], ...]) -> Claim | None:
-        """The pipeline took a single record into the commit window at admission, in fetch order."""
-        if len(records) == 1 and (claim := take_claim(records[0])) is not None:
+        """The pipeline took the record or batch into the commit window at admission, in fetch order."""
+        if (claim := take_claim(records)) is not None:
             return claim
         return self._config.commits.begin(self._consumer, records)
 

@@ -170,13 +170,20 @@ def _ticket_of(record: Any) -> Ticket | None:
     return getattr(record, TICKET_ATTRIBUTE, None)
 
 
-def take_claim(record: Any) -> Claim | None:
-    """The commit-window claim taken when `record` was admitted (None when not pipelined)."""
-    ticket = _ticket_of(record)
-    if ticket is None or ticket.claim_taken:
+def _turn_of(records: Collection[Any]) -> BatchTurn | None:
+    """The batch turn riding on a batch's first record (None when not in a batch lane)."""
+    return getattr(next(iter(records)), BATCH_ATTRIBUTE, None) if records else None
+
+
+def take_claim(records: Collection[Any]) -> Claim | None:
+    """The commit-window claim taken when the record or batch was admitted (None when not pipelined)."""
+    holder: Ticket | BatchTurn | None = _ticket_of(next(iter(records))) if len(records) == 1 else None
+    if holder is None:
+        holder = _turn_of(records)
+    if holder is None or holder.claim_taken:
         return None
-    ticket.claim_taken = True
-    return ticket.claim
+    holder.claim_taken = True
+    return holder.claim
 
 
 async def wait_turn(records: Collection[Any]) -> None:
@@ -208,7 +215,7 @@ def supersede_after(records: Collection[Any]) -> None:
         ticket = _ticket_of(record)
         if ticket is not None and not ticket.stale:  # a stale one's partition was sought back below it
             ticket.lane.supersede(ticket.tp, ticket.offset)
-    if records and (turn := getattr(next(iter(records)), BATCH_ATTRIBUTE, None)) is not None:
+    if (turn := _turn_of(records)) is not None:
         turn.sought_back = True
 
 
@@ -216,24 +223,29 @@ class BatchTurn:
     """A batch's place behind the earlier batches of its subscriber (`_batch_lane`).
 
     Its handler starts once the earlier batches' processing ended (done markers written: at most
-    one batch handler is unconfirmed), and not at all if one of them was sought back: then this
-    one seeks back to its own records and is read again after them."""
+    one batch handler is unconfirmed), and not at all if one of them was sought back after this
+    batch was read: then this one seeks back to its own records and is read again after them."""
 
-    __slots__ = ("earlier", "handled", "sought_back", "task")
+    __slots__ = ("claim", "claim_taken", "earlier", "handled", "sought_back", "task", "watched")
 
     def __init__(self, earlier: tuple[BatchTurn, ...], handled: asyncio.Future[None]) -> None:
+        self.sought_back: bool = False
         self.earlier = earlier
+        # A batch sought back before this one was read is no reason to supersede it: this one is
+        # what the consumer read after that seek.
+        self.watched = tuple(turn for turn in earlier if not turn.sought_back)
         self.handled = handled
         """Set when the handler succeeded (its outputs acknowledged): the next batch may be read."""
-        self.sought_back = False
         self.task: asyncio.Task[None] | None = None
+        self.claim: Claim | None = None
+        self.claim_taken = False
 
     async def run(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
-        earlier, self.earlier = self.earlier, ()
+        earlier, watched, self.earlier, self.watched = self.earlier, self.watched, (), ()
         for turn in earlier:
             if turn.task is not None and not turn.task.done():
                 await asyncio.wait((turn.task,))  # its outcome is its own
-        if any(turn.sought_back for turn in earlier):
+        if any(turn.sought_back for turn in watched):
             self.sought_back = True
             raise Superseded("a batch before this one was sought back", seek=True)
         try:
@@ -268,7 +280,7 @@ class _Gate(BaseMiddleware[Any, Any]):
         raw = msg.raw_message
         ticket = _ticket_of(raw)
         if ticket is None:
-            turn = getattr(raw[0], BATCH_ATTRIBUTE, None) if isinstance(raw, tuple | list) and raw else None
+            turn = _turn_of(raw) if isinstance(raw, tuple | list) else None
             return await (call_next(msg) if turn is None else turn.run(call_next, msg))
         if not ticket.entered:  # a retry of this record keeps its turn and slot
             await ticket.enter()

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 class _Partition:
     """Low-water bookkeeping of one assigned partition (dropped when it is revoked)."""
 
-    __slots__ = ("committed", "finished", "hold", "in_flight", "tp")
+    __slots__ = ("committed", "finished", "hold", "in_flight", "sought", "tp")
 
     def __init__(self, tp: TopicPartition, first: int) -> None:
         self.tp = tp
@@ -45,6 +45,8 @@ class _Partition:
         self.finished = first
         self.committed = first
         self.hold: int | None = None
+        self.sought: int | None = None
+        """Where the consumer was sought back to, until a record from there on is taken."""
 
     def mark(self) -> int:
         """The committable offset: every record below it is finished."""
@@ -115,8 +117,11 @@ class CommitWindow:
                 part = by_number[record.partition] = _Partition(
                     TopicPartition(record.topic, record.partition), offset
                 )
-            elif part.hold is not None and offset >= part.hold:
-                part.hold = None  # the consumer reads on from the sought-back offset
+            else:
+                if part.hold is not None and offset >= part.hold:
+                    part.hold = None  # the consumer reads on from the sought-back offset
+                if part.sought is not None and offset >= part.sought:
+                    part.sought = None
             part.in_flight[offset] = part.in_flight.get(offset, 0) + 1
             entries.append((part, offset))
         return Claim(self, entries)
@@ -156,11 +161,13 @@ class CommitWindow:
             part.finished = min(part.finished, offset)
             if part.hold is None or offset < part.hold:
                 part.hold = offset
+            if part.sought is None or offset < part.sought:
+                part.sought = offset
 
-    def held_below(self, tp: TopicPartition, offset: int) -> bool:
-        """`tp` was sought back below `offset`, and not read on past that yet."""
+    def sought_below(self, tp: TopicPartition, offset: int) -> bool:
+        """`tp` was sought back below `offset` and has not been read from there yet."""
         part = self._partitions.get(tp.topic, {}).get(tp.partition)
-        return part is not None and part.hold is not None and part.hold < offset
+        return part is not None and part.sought is not None and part.sought < offset
 
     def flush_soon(self) -> None:
         """Commit in the background (one commit at a time; a later request runs once more after it)."""

@@ -87,7 +87,7 @@ class Pipeline:
         """Pipeline `subscriber` (once; a restarted app keeps its lane)."""
         if batch_subscriber(subscriber) and self.barrier is None and subscriber not in self._batches:
             # (exactly-once: a transaction's batches are committed by the transaction, not overlapped)
-            batches = self._batches[subscriber] = BatchLane(subscriber)
+            batches = self._batches[subscriber] = BatchLane(subscriber, self._begin)
             subscriber.consume_one = batches.admit
             return
         if subscriber in self._lanes or not _pipelinable(subscriber):

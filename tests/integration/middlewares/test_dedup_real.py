@@ -17,7 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from alpha_streaming._dlq import DeadLetter
-from alpha_streaming._errors import PermanentError
+from alpha_streaming._errors import PermanentError, RedeliveryRequested
 from alpha_streaming._settings import DedupSettings, RedpandaSettings
 from alpha_streaming._topics import dlq_topic
 from middlewares._envelope import CurrentEnvelope, CurrentEnvelopes
@@ -375,4 +375,38 @@ async def test_a_batch_subscriber_handles_each_batch_once_in_order_after_the_pre
     assert sorted(n for _, n in handled) == list(range(len(sent))), "each record handled once"
     for partition in range(3):
         assert [n for p, n in handled if p == partition] == list(range(partition, len(sent), 3))
+    assert lag == 0
+
+
+async def test_a_batch_sent_back_for_redelivery_is_read_again_and_the_stream_goes_on(
+    kafka_bootstrap: str,
+    kafka_admin: AIOKafkaAdminClient,
+    redis_client: aioredis.Redis,
+    new_topic: NewTopic,
+    unique: Callable[[str], str],
+) -> None:
+    """The batch read after the seek back is the same records again: it runs, nothing is lost."""
+    topic, group = await new_topic(partitions=2, prefix="paper.batchredeliver"), unique("g")
+    tier, broker = service(kafka_bootstrap, Spy(), redis_client, unique("ns"))
+    sent = [(event(n), n % 2) for n in range(300)]
+    handled: list[int] = []
+    sent_back: list[int] = []
+
+    @broker.subscriber(topic, group_id=group, batch=True, max_records=40, **SUBSCRIBE)
+    async def handle(bodies: list[dict[str, Any]]) -> None:
+        if not sent_back and any(body["n"] == 150 for body in bodies):
+            sent_back.append(150)
+            raise RedeliveryRequested("not now")
+        handled.extend(body["n"] for body in bodies)
+
+    await send(kafka_bootstrap, topic, *sent)
+    app = tier.install(FastStream(broker, logger=None))
+    await app.start()
+    try:
+        await eventually(lambda: len(set(handled)) >= len(sent), "every record handled")
+        lag = await lag_drains(kafka_admin, kafka_bootstrap, group, topic)
+    finally:
+        await app.stop()
+    assert sent_back == [150]
+    assert sorted(handled) == list(range(len(sent))), "each record handled once"
     assert lag == 0
